@@ -1,0 +1,87 @@
+"""Building blocks of U²-Net: REBNCONV and the residual U-blocks RSU-L / RSU-4F.
+
+Layer names mirror the official PyTorch module paths with dots instead of '/', which Keras 3
+forbids in names (e.g. ``stage1.rebnconv1.conv``). The importer relies on that, and on
+``conv_names`` below listing convolutions in the order the official forward pass runs them.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="u2net")
+class ResizeLike(layers.Layer):
+    """Bilinear resize of ``x`` to the spatial size of ``reference``.
+
+    Half-pixel centres, no antialiasing: the same as PyTorch's
+    ``F.interpolate(mode="bilinear", align_corners=False)`` used by the official model.
+    """
+
+    def call(self, x, reference):
+        size = ops.shape(reference)[1:3]
+        return ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+def rebnconv(x, filters: int, dilation: int, name: str):
+    """3×3 conv (bias, as the official model) + BatchNorm + ReLU."""
+    x = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}.conv")(x)
+    # PyTorch BN defaults: eps 1e-5, momentum 0.1 (Keras counts momentum the other way).
+    x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}.bn")(x)
+    return layers.ReLU(name=f"{name}.relu")(x)
+
+
+def max_pool(x, name: str):
+    # "same" pads one row/column at the bottom/right when the size is odd, which is exactly
+    # PyTorch's MaxPool2d(2, stride=2, ceil_mode=True).
+    return layers.MaxPooling2D(2, strides=2, padding="same", name=name)(x)
+
+
+def rsu(x, height: int, mid: int, out: int, name: str):
+    """RSU-L (L = height, 4..7): a small U-Net with pooling, residual connection to its input."""
+    hxin = rebnconv(x, out, 1, f"{name}.rebnconvin")
+    encoded = [rebnconv(hxin, mid, 1, f"{name}.rebnconv1")]
+    for level in range(2, height):
+        pooled = max_pool(encoded[-1], f"{name}.pool{level - 1}")
+        encoded.append(rebnconv(pooled, mid, 1, f"{name}.rebnconv{level}"))
+    hx = rebnconv(encoded[-1], mid, 2, f"{name}.rebnconv{height}")
+    for level in range(height - 1, 0, -1):
+        skip = encoded[level - 1]
+        if level < height - 1:
+            hx = ResizeLike(name=f"{name}.up{level}")(hx, skip)
+        hx = layers.Concatenate(name=f"{name}.cat{level}d")([hx, skip])
+        hx = rebnconv(hx, out if level == 1 else mid, 1, f"{name}.rebnconv{level}d")
+    return layers.Add(name=f"{name}.residual")([hx, hxin])
+
+
+def rsu4f(x, mid: int, out: int, name: str):
+    """RSU-4F: dilated convolutions instead of pooling, for the low-resolution stages."""
+    hxin = rebnconv(x, out, 1, f"{name}.rebnconvin")
+    hx1 = rebnconv(hxin, mid, 1, f"{name}.rebnconv1")
+    hx2 = rebnconv(hx1, mid, 2, f"{name}.rebnconv2")
+    hx3 = rebnconv(hx2, mid, 4, f"{name}.rebnconv3")
+    hx4 = rebnconv(hx3, mid, 8, f"{name}.rebnconv4")
+    hx = hx4
+    for level, skip, dilation in ((3, hx3, 4), (2, hx2, 2), (1, hx1, 1)):
+        hx = layers.Concatenate(name=f"{name}.cat{level}d")([hx, skip])
+        hx = rebnconv(hx, out if level == 1 else mid, dilation, f"{name}.rebnconv{level}d")
+    return layers.Add(name=f"{name}.residual")([hx, hxin])
+
+
+def block(x, height: int | str, mid: int, out: int, name: str):
+    """RSU-``height`` for 4..7, RSU-4F for ``"4F"``."""
+    if height == "4F":
+        return rsu4f(x, mid, out, name)
+    return rsu(x, int(height), mid, out, name)
+
+
+def block_conv_names(height: int | str, name: str) -> list[str]:
+    """Names of the block's conv layers in the official forward order."""
+    levels = 4 if height == "4F" else int(height)
+    encoder = ["rebnconvin"] + [f"rebnconv{i}" for i in range(1, levels + 1)]
+    decoder = [f"rebnconv{i}d" for i in range(levels - 1, 0, -1)]
+    return [f"{name}.{part}.conv" for part in encoder + decoder]

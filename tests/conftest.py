@@ -1,0 +1,41 @@
+"""Shared fixtures: the read-only data in ../shared/data and the imported official U²-Net†."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+SHARED_DATA = Path(
+    os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason if it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path} (tests read it from ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def u2netp_onnx() -> Path:
+    return shared_path("u2netp-onnx", "u2netp.onnx")
+
+
+@pytest.fixture(scope="session")
+def official_testdata() -> Path:
+    return shared_path("u2net-official-testdata")
+
+
+@pytest.fixture(scope="session")
+def lite_matter(u2netp_onnx):
+    from model.matting import Matter
+
+    return Matter.load("lite", u2netp_onnx)

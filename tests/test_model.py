@@ -1,0 +1,110 @@
+"""The U²-Net topology: parameter counts, outputs, names, serialisation, backends, training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.util import find_spec
+
+import keras
+import numpy as np
+import pytest
+
+from model.losses import deep_supervision_loss, repeat_label
+from model.u2net import OUTPUT_NAMES, build_u2net, conv_names, official_parameter_count
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    # As torch counts the official U2NET / U2NETP: sum(p.numel() for p in net.parameters()).
+    [("full", 44_009_869), ("lite", 1_131_181)],
+)
+def test_parameter_count_matches_official(variant, expected):
+    model = build_u2net(variant, (320, 320, 3))
+    assert official_parameter_count(model) == expected
+
+
+def test_outputs_are_probability_maps_at_input_size_for_odd_sizes():
+    model = build_u2net("lite")
+    x = np.random.default_rng(0).normal(size=(2, 75, 97, 3)).astype("float32")
+    outputs = model(x)
+    assert set(outputs) == set(OUTPUT_NAMES)
+    for name in OUTPUT_NAMES:
+        value = np.asarray(outputs[name])
+        assert value.shape == (2, 75, 97, 1), name
+        assert value.min() >= 0.0 and value.max() <= 1.0
+
+
+def test_layers_are_named_after_the_official_modules():
+    model = build_u2net("lite", (64, 64, 3))
+    names = {layer.name for layer in model.layers}
+    assert set(conv_names("lite")) <= names
+    assert "stage1.rebnconvin.conv" in names and "stage5d.rebnconv4.conv" in names
+    assert len(conv_names("lite")) == len(conv_names("full")) == 119
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown U²-Net variant"):
+        build_u2net("medium")
+
+
+def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
+    model = build_u2net("lite", (None, None, 3))
+    x = np.random.default_rng(1).normal(size=(1, 64, 80, 3)).astype("float32")
+    before = model.predict_on_batch(x)
+    path = tmp_path / "lite.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    after = loaded.predict_on_batch(x)
+    for name in OUTPUT_NAMES:
+        np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_deep_supervision_loss_trains_the_model():
+    keras.utils.set_random_seed(0)
+    model = build_u2net("lite", (64, 64, 3))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 64, 64, 3)).astype("float32")
+    y = np.zeros((4, 64, 64, 1), "float32")
+    y[:, 16:48, 16:48] = 1.0
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=deep_supervision_loss())
+    history = model.fit(x, repeat_label(y), epochs=4, batch_size=4, verbose=0).history["loss"]
+    assert np.isfinite(history).all()
+    assert history[-1] < history[0]
+
+
+def test_deep_supervision_loss_is_the_sum_of_seven_bce_terms():
+    # Every output at p = 0.5 gives BCE ln 2 whatever the label: the total is 7 ln 2.
+    half = np.full((1, 4, 4, 1), 0.5, "float32")
+    label = np.ones((1, 4, 4, 1), "float32")
+    losses = deep_supervision_loss()
+    total = sum(float(losses[name](label, half)) for name in OUTPUT_NAMES)
+    assert total == pytest.approx(7 * np.log(2), rel=1e-5)
+
+
+@pytest.mark.skipif(find_spec("jax") is None, reason="jax is not installed")
+def test_same_model_runs_on_the_jax_backend(tmp_path):
+    model = build_u2net("lite", (48, 64, 3))
+    x = np.random.default_rng(2).normal(size=(1, 48, 64, 3)).astype("float32")
+    expected = model.predict_on_batch(x)["fused"]
+    model.save_weights(tmp_path / "lite.weights.h5")
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import json, keras, numpy as np
+        from model.u2net import build_u2net
+        assert keras.backend.backend() == "jax"
+        model = build_u2net("lite", (48, 64, 3))
+        model.load_weights({str(tmp_path / "lite.weights.h5")!r})
+        out = np.asarray(model(np.load({str(tmp_path / "x.npy")!r}))["fused"])
+        np.save({str(tmp_path / "jax.npy")!r}, out)
+        print(json.dumps({{"backend": keras.backend.backend()}}))
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"backend": "jax"}
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), expected, atol=1e-4)
