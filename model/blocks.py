@@ -27,9 +27,18 @@ class ResizeLike(layers.Layer):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
 
 
-def rebnconv(x, filters: int, dilation: int, name: str):
-    """3×3 conv (bias, as the official model) + BatchNorm + ReLU."""
-    x = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}.conv")(x)
+def rebnconv(x, filters: int, dilation: int, name: str, batch_norm: bool = True):
+    """3×3 conv (with bias, as the official model) + BatchNorm + ReLU.
+
+    ``batch_norm=False`` gives the inference form with BN folded into the conv (see
+    ``model.export.fold_batch_norm``): conv + bias + ReLU fuse into one kernel, which is
+    what makes the Keras path as fast as onnxruntime on the folded official export.
+    """
+    conv = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation,
+                         activation=None if batch_norm else "relu", name=f"{name}.conv")
+    x = conv(x)
+    if not batch_norm:
+        return x
     # PyTorch BN defaults: eps 1e-5, momentum 0.1 (Keras counts momentum the other way).
     x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}.bn")(x)
     return layers.ReLU(name=f"{name}.relu")(x)
@@ -41,42 +50,44 @@ def max_pool(x, name: str):
     return layers.MaxPooling2D(2, strides=2, padding="same", name=name)(x)
 
 
-def rsu(x, height: int, mid: int, out: int, name: str):
+def rsu(x, height: int, mid: int, out: int, name: str, batch_norm: bool = True):
     """RSU-L (L = height, 4..7): a small U-Net with pooling, residual connection to its input."""
-    hxin = rebnconv(x, out, 1, f"{name}.rebnconvin")
-    encoded = [rebnconv(hxin, mid, 1, f"{name}.rebnconv1")]
+    hxin = rebnconv(x, out, 1, f"{name}.rebnconvin", batch_norm)
+    encoded = [rebnconv(hxin, mid, 1, f"{name}.rebnconv1", batch_norm)]
     for level in range(2, height):
         pooled = max_pool(encoded[-1], f"{name}.pool{level - 1}")
-        encoded.append(rebnconv(pooled, mid, 1, f"{name}.rebnconv{level}"))
-    hx = rebnconv(encoded[-1], mid, 2, f"{name}.rebnconv{height}")
+        encoded.append(rebnconv(pooled, mid, 1, f"{name}.rebnconv{level}", batch_norm))
+    hx = rebnconv(encoded[-1], mid, 2, f"{name}.rebnconv{height}", batch_norm)
     for level in range(height - 1, 0, -1):
         skip = encoded[level - 1]
         if level < height - 1:
             hx = ResizeLike(name=f"{name}.up{level}")(hx, skip)
         hx = layers.Concatenate(name=f"{name}.cat{level}d")([hx, skip])
-        hx = rebnconv(hx, out if level == 1 else mid, 1, f"{name}.rebnconv{level}d")
+        hx = rebnconv(hx, out if level == 1 else mid, 1, f"{name}.rebnconv{level}d",
+                      batch_norm)
     return layers.Add(name=f"{name}.residual")([hx, hxin])
 
 
-def rsu4f(x, mid: int, out: int, name: str):
+def rsu4f(x, mid: int, out: int, name: str, batch_norm: bool = True):
     """RSU-4F: dilated convolutions instead of pooling, for the low-resolution stages."""
-    hxin = rebnconv(x, out, 1, f"{name}.rebnconvin")
-    hx1 = rebnconv(hxin, mid, 1, f"{name}.rebnconv1")
-    hx2 = rebnconv(hx1, mid, 2, f"{name}.rebnconv2")
-    hx3 = rebnconv(hx2, mid, 4, f"{name}.rebnconv3")
-    hx4 = rebnconv(hx3, mid, 8, f"{name}.rebnconv4")
+    hxin = rebnconv(x, out, 1, f"{name}.rebnconvin", batch_norm)
+    hx1 = rebnconv(hxin, mid, 1, f"{name}.rebnconv1", batch_norm)
+    hx2 = rebnconv(hx1, mid, 2, f"{name}.rebnconv2", batch_norm)
+    hx3 = rebnconv(hx2, mid, 4, f"{name}.rebnconv3", batch_norm)
+    hx4 = rebnconv(hx3, mid, 8, f"{name}.rebnconv4", batch_norm)
     hx = hx4
     for level, skip, dilation in ((3, hx3, 4), (2, hx2, 2), (1, hx1, 1)):
         hx = layers.Concatenate(name=f"{name}.cat{level}d")([hx, skip])
-        hx = rebnconv(hx, out if level == 1 else mid, dilation, f"{name}.rebnconv{level}d")
+        hx = rebnconv(hx, out if level == 1 else mid, dilation, f"{name}.rebnconv{level}d",
+                      batch_norm)
     return layers.Add(name=f"{name}.residual")([hx, hxin])
 
 
-def block(x, height: int | str, mid: int, out: int, name: str):
+def block(x, height: int | str, mid: int, out: int, name: str, batch_norm: bool = True):
     """RSU-``height`` for 4..7, RSU-4F for ``"4F"``."""
     if height == "4F":
-        return rsu4f(x, mid, out, name)
-    return rsu(x, int(height), mid, out, name)
+        return rsu4f(x, mid, out, name, batch_norm)
+    return rsu(x, int(height), mid, out, name, batch_norm)
 
 
 def block_conv_names(height: int | str, name: str) -> list[str]:

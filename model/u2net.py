@@ -37,8 +37,12 @@ def build_u2net(
     variant: str = "lite",
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
     name: str | None = None,
+    batch_norm: bool = True,
 ) -> keras.Model:
-    """Build ``"full"`` (U²-Net, 44.0 M params) or ``"lite"`` (U²-Net†, 1.13 M params)."""
+    """Build ``"full"`` (U²-Net, 44.0 M params) or ``"lite"`` (U²-Net†, 1.13 M params).
+
+    ``batch_norm=False`` builds the inference form, with BN folded into the convs.
+    """
     _check_variant(variant)
     inputs = keras.Input(shape=input_shape, name="image")
     hx = inputs
@@ -46,7 +50,7 @@ def build_u2net(
     for index, (height, mid, out) in enumerate(_ENCODER[variant], start=1):
         if index > 1:
             hx = max_pool(hx, f"pool{index - 1}{index}")
-        hx = block(hx, height, mid, out, f"stage{index}")
+        hx = block(hx, height, mid, out, f"stage{index}", batch_norm)
         encoded.append(hx)
 
     decoded = {6: encoded[5]}
@@ -54,7 +58,7 @@ def build_u2net(
         stage = 5 - offset
         up = ResizeLike(name=f"up{stage + 1}")(hx, encoded[stage - 1])
         hx = layers.Concatenate(name=f"cat{stage}d")([up, encoded[stage - 1]])
-        hx = block(hx, height, mid, out, f"stage{stage}d")
+        hx = block(hx, height, mid, out, f"stage{stage}d", batch_norm)
         decoded[stage] = hx
 
     side_logits = []

@@ -143,10 +143,16 @@ def load_onnx_weights(model: keras.Model, path: str | os.PathLike, variant: str)
             ])
 
 
-def import_onnx(path: str | os.PathLike, input_size: int | None = None) -> keras.Model:
-    """Build the matching U²-Net variant and load an official ONNX export into it."""
+def import_onnx(
+    path: str | os.PathLike, input_size: int | None = None, batch_norm: bool = True
+) -> keras.Model:
+    """Build the matching U²-Net variant and load an official ONNX export into it.
+
+    ``batch_norm=True`` (for fine-tuning) keeps identity BN layers; ``False`` builds the
+    inference form, which is exactly the exported graph.
+    """
     variant = variant_of(read_onnx_convs(path))
     shape = (input_size, input_size, 3)
-    model = build_u2net(variant, shape, name=f"u2net_{variant}_official")
+    model = build_u2net(variant, shape, name=f"u2net_{variant}_official", batch_norm=batch_norm)
     load_onnx_weights(model, path, variant)
     return model

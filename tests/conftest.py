@@ -39,3 +39,36 @@ def lite_matter(u2netp_onnx):
     from model.matting import Matter
 
     return Matter.load("lite", u2netp_onnx)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real GCS JSON-API server (gcp-storage-emulator) on 127.0.0.1 for ``gs://`` paths.
+
+    Sets ``STORAGE_EMULATOR_HOST`` for google-cloud-storage (and Beam's GCS filesystem,
+    which uses it) for the rest of the session; yields a ``google.cloud.storage.Client``.
+    """
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    previous = {key: os.environ.get(key) for key in ("STORAGE_EMULATOR_HOST",
+                                                     "GOOGLE_CLOUD_PROJECT")}
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    os.environ["GOOGLE_CLOUD_PROJECT"] = "test-project"
+    try:
+        yield storage.Client(project="test-project", credentials=AnonymousCredentials())
+    finally:
+        server.stop()
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,122 @@
+"""The ``matte`` CLI as a user runs it: one photo, a folder with bad files, eval."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.cli import main
+from model.imaging import decode_image, decode_mask
+
+
+@pytest.fixture()
+def photos(tmp_path, official_testdata) -> Path:
+    """Three small real photos, in nested folders with awkward names, plus bad files."""
+    root = tmp_path / "in"
+    (root / "sub dir").mkdir(parents=True)
+    for name, target in (("girl.png", "girl.png"), ("hockey.png", "sub dir/hockey é.png"),
+                         ("im_14.png", "im_14.png")):
+        image = Image.open(official_testdata / "test_images" / name).convert("RGB")
+        image.thumbnail((120, 120))
+        image.save(root / target)
+    (root / "notes.txt").write_text("not a photo")
+    (root / "empty.jpg").write_bytes(b"")
+    good = (root / "im_14.png").read_bytes()
+    (root / "truncated.png").write_bytes(good[: len(good) // 2])
+    return root
+
+
+def test_single_image_gives_rgba_cutout_at_full_size(photos, u2netp_onnx, tmp_path):
+    out = tmp_path / "girl.png"
+    assert main(["i", str(photos / "girl.png"), str(out), "--weights", str(u2netp_onnx)]) == 0
+    source = decode_image((photos / "girl.png").read_bytes())
+    with Image.open(out) as result:
+        assert result.mode == "RGBA"
+        rgba = np.asarray(result)
+    assert rgba.shape[:2] == source.shape[:2]
+    np.testing.assert_array_equal(rgba[:, :, :3], source)
+    alpha = rgba[:, :, 3]
+    assert alpha.min() < 30 and alpha.max() > 225  # a person on a background: both present
+
+
+def test_folder_run_reports_failures_and_skips_done_files(photos, u2netp_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["p", str(photos), str(out), "--weights", str(u2netp_onnx), "--batch-size", "2"]
+    assert main(args) == 1  # some inputs are bad
+    report = capsys.readouterr().out
+    assert "ok: 3  skipped: 0  failed: 3" in report
+    assert "failed notes.txt: not an image" in report
+    assert "failed empty.jpg: empty file" in report
+    assert "failed truncated.png: truncated or corrupt" in report
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["girl.png", "im_14.png", "sub dir/hockey é.png"]
+    assert not list(out.rglob(".*"))  # no temp files left behind
+
+    assert main(args) == 1
+    assert "ok: 0  skipped: 3  failed: 3" in capsys.readouterr().out
+
+    os.utime(photos / "girl.png")  # a newer source is done again
+    assert main(args) == 1
+    assert "ok: 1  skipped: 2  failed: 3" in capsys.readouterr().out
+
+
+def test_only_mask_and_bgcolor(photos, u2netp_onnx, tmp_path):
+    weights = ["--weights", str(u2netp_onnx)]
+    mask_path, flat_path = tmp_path / "mask.png", tmp_path / "flat.jpg"
+    assert main(["i", str(photos / "girl.png"), str(mask_path), "--only-mask", *weights]) == 0
+    assert main(["i", str(photos / "girl.png"), str(flat_path), "--bgcolor", "#00ff00",
+                 "--jpeg", *weights]) == 0
+    mask = decode_mask(mask_path.read_bytes())
+    flat = decode_image(flat_path.read_bytes())
+    assert mask.shape == flat.shape[:2]
+    background = mask < 5
+    assert background.any()
+    # Where alpha is ~0 the composite is the background colour (JPEG: within a few levels).
+    assert np.abs(flat[background].astype(int) - [0, 255, 0]).mean() < 12
+
+
+def test_bad_single_input_is_one_clear_error(tmp_path, u2netp_onnx, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    code = main(["i", str(bad), str(tmp_path / "o.png"), "--weights", str(u2netp_onnx)])
+    assert code == 2
+    assert f"{bad}: truncated or corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_eval_of_a_prediction_folder(tmp_path, capsys):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    gt = np.zeros((20, 20), np.uint8)
+    gt[5:15, 5:15] = 255
+    pred = gt.copy()
+    pred[5:15, 5:10] = 0  # half the square missed: IoU 0.5, MAD 50/400
+    Image.fromarray(gt).save(gt_dir / "a.png")
+    Image.fromarray(pred).save(pred_dir / "a.png")
+    csv_path = tmp_path / "per_image.csv"
+    assert main(["eval", str(pred_dir), str(gt_dir), "--csv", str(csv_path)]) == 0
+    table = capsys.readouterr().out
+    assert "       iou 0.5000" in table
+    assert "       mad 0.1250" in table
+    assert csv_path.read_text().startswith("key,sad,mse,mad")
+
+
+def test_console_script_runs_as_installed(photos, u2netp_onnx, tmp_path):
+    """The ``matte`` entry point, in its own process, as a user types it."""
+    matte = shutil.which("matte", path=str(Path(sys.executable).parent))
+    if matte is None:
+        pytest.skip("the package is not installed in this interpreter's environment (make test)")
+    out = tmp_path / "cli.png"
+    result = subprocess.run([matte, "i", str(photos / "im_14.png"), str(out), "--weights",
+                             str(u2netp_onnx)], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.is_file()
