@@ -11,11 +11,14 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
+from model.onnx_export import export_onnx
 from model.u2net import build_u2net
 from model.weights import OFFICIAL_WEIGHTS, import_onnx, weights_home
 
@@ -43,28 +46,33 @@ def time_call(call, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def bench(variant: str, batch: int, repeats: int) -> dict:
-    onnx_path = find_onnx(variant)
-    # The inference form (BN folded), as the matting CLI and pipelines run it.
-    if onnx_path:
-        model = import_onnx(onnx_path, 320, batch_norm=False)
-    else:
-        model = build_u2net(variant, (320, 320, 3), batch_norm=False)
+def model_and_onnx(variant: str, scratch: Path) -> tuple[keras.Model, Path, str]:
+    """The inference form (BN folded), as the CLI and pipelines run it, and its ONNX file.
+
+    Without the official file (u2net.onnx is 176 MB and not in ../shared/data), both sides
+    run our own export of the same random-weight model: speed does not depend on weights.
+    """
+    official = find_onnx(variant)
+    if official:
+        return import_onnx(official, 320, batch_norm=False), official, "official"
+    model = build_u2net(variant, (320, 320, 3), batch_norm=False)
+    return model, export_onnx(model, scratch / f"{variant}.onnx"), "our export"
+
+
+def bench(variant: str, batch: int, repeats: int, scratch: Path) -> dict:
+    import onnxruntime
+
+    model, onnx_path, source = model_and_onnx(variant, scratch)
     x = np.random.default_rng(0).normal(size=(batch, 320, 320, 3)).astype("float32")
     ours = time_call(lambda: model.predict_on_batch(x), repeats)
-    row = {"variant": variant, "batch": batch, "ours_ips": batch / ours, "ort_ips": None}
-    if onnx_path:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(onnx_path),
-                                               providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        nchw = x.transpose(0, 3, 1, 2)
-        # The official export has a fixed batch of 1: onnxruntime runs the batch image by image.
-        theirs = time_call(lambda: [session.run(None, {name: nchw[i:i + 1]})
-                                    for i in range(batch)], repeats)
-        row["ort_ips"] = batch / theirs
-    return row
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    nchw = x.transpose(0, 3, 1, 2)
+    # The official export has a fixed batch of 1: onnxruntime runs the batch image by image.
+    theirs = time_call(lambda: [session.run(None, {name: nchw[i:i + 1]})
+                                for i in range(batch)], repeats)
+    return {"variant": variant, "batch": batch, "ours_ips": batch / ours,
+            "ort_ips": batch / theirs, "onnx": source}
 
 
 def main() -> None:
@@ -76,14 +84,14 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d')}")
     print(f"{'model':6} {'batch':>5} {'ours img/s':>11} {'ort img/s':>10} {'ratio':>6} "
-          f"{'ours GFLOP/s':>13}")
-    for variant in args.variants:
-        for batch in args.batches:
-            row = bench(variant, batch, args.repeats)
-            ort = f"{row['ort_ips']:10.2f}" if row["ort_ips"] else f"{'n/a':>10}"
-            ratio = f"{row['ours_ips'] / row['ort_ips']:6.2f}" if row["ort_ips"] else f"{'n/a':>6}"
-            gflops = row["ours_ips"] * GFLOP_PER_IMAGE[variant]
-            print(f"{variant:6} {batch:5d} {row['ours_ips']:11.2f} {ort} {ratio} {gflops:13.1f}")
+          f"{'ours GFLOP/s':>13}  onnx file")
+    with tempfile.TemporaryDirectory() as scratch:
+        for variant in args.variants:
+            for batch in args.batches:
+                row = bench(variant, batch, args.repeats, Path(scratch))
+                gflops = row["ours_ips"] * GFLOP_PER_IMAGE[variant]
+                print(f"{variant:6} {batch:5d} {row['ours_ips']:11.2f} {row['ort_ips']:10.2f} "
+                      f"{row['ours_ips'] / row['ort_ips']:6.2f} {gflops:13.1f}  {row['onnx']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""Export a U²-Net Keras model to ONNX (NCHW, like the official exports), without tf2onnx.
+
+The graph is written layer by layer from the functional model, BN folded first, so the file
+has the official export's shape: 119 Conv nodes in forward order, opset 13, dynamic batch
+and size. ``model.weights.import_onnx`` reads it back, which the tests use as a round trip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from model.blocks import ResizeLike
+from model.export import fold_batch_norm
+
+OPSET = 13
+
+
+def _tensor(layer_name: str) -> str:
+    # Layer names double as output names ("fused", "side1"), so tensors get a suffix.
+    return f"{layer_name}.y"
+
+
+def _inputs_of(layer: keras.layers.Layer, input_name: str) -> list[str]:
+    node = layer._inbound_nodes[0]  # every layer of U²-Net is called exactly once
+    names = [tensor._keras_history.operation.name for tensor in node.input_tensors]
+    return ["input.1" if name == input_name else _tensor(name) for name in names]
+
+
+class _Graph:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+
+def _conv(graph: _Graph, layer: keras.layers.Conv2D, source: str) -> str:
+    kernel, bias = layer.get_weights()
+    dilation = layer.dilation_rate[0]
+    pad = dilation * (layer.kernel_size[0] - 1) // 2  # "same" for odd kernels
+    weight = graph.constant(f"{layer.name}.weight", np.transpose(kernel, (3, 2, 0, 1)))
+    bias_name = graph.constant(f"{layer.name}.bias", bias)
+    relu = layer.activation is keras.activations.relu
+    out = graph.node("Conv", [source, weight, bias_name], f"{layer.name}.conv" if relu
+                     else _tensor(layer.name), kernel_shape=list(layer.kernel_size),
+                     dilations=[dilation] * 2, pads=[pad] * 4, strides=[1, 1])
+    return graph.node("Relu", [out], _tensor(layer.name)) if relu else out
+
+
+def _resize_like(graph: _Graph, name: str, source: str, reference: str) -> str:
+    starts, mid, ends = (graph.constant(f"{name}.{n}", np.array(v, np.int64))
+                         for n, v in (("s", [0]), ("m", [2]), ("e", [4])))
+    batch_channels = graph.node("Slice", [graph.node("Shape", [source], f"{name}.xs"),
+                                          starts, mid], f"{name}.nc")
+    spatial = graph.node("Slice", [graph.node("Shape", [reference], f"{name}.rs"), mid, ends],
+                         f"{name}.hw")
+    sizes = graph.node("Concat", [batch_channels, spatial], f"{name}.sizes", axis=0)
+    return graph.node("Resize", [source, "", "", sizes], _tensor(name), mode="linear",
+                      coordinate_transformation_mode="half_pixel")
+
+
+def to_onnx(model: keras.Model) -> onnx.ModelProto:
+    """The ONNX graph of ``model`` (inference form); input ``input.1`` NCHW float32."""
+    if any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
+        model = fold_batch_norm(model)
+    graph = _Graph()
+    input_name = model.layers[0].name
+    for layer in model.layers[1:]:
+        name, output = layer.name, _tensor(layer.name)
+        sources = _inputs_of(layer, input_name)
+        if isinstance(layer, keras.layers.Conv2D):
+            _conv(graph, layer, sources[0])
+        elif isinstance(layer, keras.layers.ReLU):
+            graph.node("Relu", sources, output)
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            graph.node("MaxPool", sources, output, kernel_shape=[2, 2], strides=[2, 2],
+                       ceil_mode=1)
+        elif isinstance(layer, ResizeLike):
+            _resize_like(graph, name, *sources)
+        elif isinstance(layer, keras.layers.Concatenate):
+            graph.node("Concat", sources, output, axis=1)
+        elif isinstance(layer, keras.layers.Add):
+            graph.node("Add", sources, output)
+        elif isinstance(layer, keras.layers.Activation):
+            graph.node("Sigmoid", sources, output)
+        else:
+            raise ValueError(f"no ONNX mapping for layer {name} ({type(layer).__name__})")
+    output_layers = {key: tensor._keras_history.operation.name
+                     for key, tensor in model.output.items()}
+    outputs = []
+    for key, layer_name in output_layers.items():
+        graph.node("Identity", [_tensor(layer_name)], key)
+        outputs.append(helper.make_tensor_value_info(key, TensorProto.FLOAT,
+                                                     ["N", 1, "H", "W"]))
+    image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    onnx_graph = helper.make_graph(graph.nodes, model.name, [image], outputs,
+                                   initializer=graph.initializers)
+    exported = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                 producer_name="u2net-matting")
+    onnx.checker.check_model(exported)
+    return exported
+
+
+def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(to_onnx(model), str(path))
+    return path
