@@ -20,11 +20,30 @@ class ResizeLike(layers.Layer):
     """
 
     def call(self, x, reference):
-        size = ops.shape(reference)[1:3]
-        return ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+        height, width = ops.shape(reference)[1], ops.shape(reference)[2]
+        if isinstance(height, int) and isinstance(width, int):
+            return ops.image.resize(x, (height, width), interpolation="bilinear",
+                                    antialias=False)
+        # Sizes only known at run time (a SavedModel traced with None dims): ops.image.resize
+        # needs Python ints, so interpolate with gathers, one axis at a time.
+        return _resize_axis(_resize_axis(x, height, axis=1), width, axis=2)
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+def _resize_axis(x, size, axis: int):
+    """Half-pixel linear interpolation of ``x`` along ``axis`` (1 or 2 of NHWC) to ``size``."""
+    in_size = ops.shape(x)[axis]
+    scale = ops.cast(in_size, "float32") / ops.cast(size, "float32")
+    source = ops.maximum((ops.cast(ops.arange(size), "float32") + 0.5) * scale - 0.5, 0.0)
+    lower = ops.floor(source)
+    weight = ops.cast(source - lower, x.dtype)
+    lower = ops.cast(lower, "int32")
+    upper = ops.minimum(lower + 1, in_size - 1)
+    weight = ops.reshape(weight, (1, -1, 1, 1) if axis == 1 else (1, 1, -1, 1))
+    low_values, high_values = ops.take(x, lower, axis=axis), ops.take(x, upper, axis=axis)
+    return low_values + (high_values - low_values) * weight
 
 
 def rebnconv(x, filters: int, dilation: int, name: str, batch_norm: bool = True):

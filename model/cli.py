@@ -3,6 +3,7 @@
     matte i IN.jpg OUT.png          one photo
     matte p IN_DIR OUT_DIR          a folder, recursively, skipping photos already done
     matte eval PRED_OR_MODEL GT_DIR metrics over a folder of masks / mattes
+    matte export OUT --format F     the model as .keras, SavedModel, ONNX or LiteRT
 """
 
 from __future__ import annotations
@@ -166,6 +167,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the inference form (BN folded) of a model in a serving format."""
+    from model.export import export_litert, export_saved_model, save_keras
+    from model.onnx_export import export_onnx
+
+    writers = {"keras": save_keras, "saved_model": export_saved_model, "onnx": export_onnx,
+               "litert": export_litert}
+    model = _load(args).model
+    path = writers[args.format](model, args.output)
+    print(f"{args.format} model written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matte", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--csv", help="also write per-image metrics to this CSV")
     _model_arguments(evaluation)
     evaluation.set_defaults(handler=cmd_eval)
+
+    export = commands.add_parser("export", help="write the model as .keras, SavedModel, "
+                                 "ONNX or LiteRT")
+    export.add_argument("output", help="file (keras, onnx, litert) or folder (saved_model)")
+    export.add_argument("--format", choices=("keras", "saved_model", "onnx", "litert"),
+                        default="keras")
+    _model_arguments(export)
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

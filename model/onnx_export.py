@@ -73,8 +73,7 @@ def _resize_like(graph: _Graph, name: str, source: str, reference: str) -> str:
 
 def to_onnx(model: keras.Model) -> onnx.ModelProto:
     """The ONNX graph of ``model`` (inference form); input ``input.1`` NCHW float32."""
-    if any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
-        model = fold_batch_norm(model)
+    model = fold_batch_norm(model)
     graph = _Graph()
     input_name = model.layers[0].name
     for layer in model.layers[1:]:

@@ -120,3 +120,21 @@ def test_console_script_runs_as_installed(photos, u2netp_onnx, tmp_path):
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.is_file()
+
+
+def test_export_to_onnx_and_keras_then_matte_with_it(u2netp_onnx, photos, tmp_path):
+    import onnxruntime
+
+    weights = ["--weights", str(u2netp_onnx)]
+    assert main(["export", str(tmp_path / "m.onnx"), "--format", "onnx", *weights]) == 0
+    assert main(["export", str(tmp_path / "m.keras"), "--format", "keras", *weights]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].name == "fused"
+    official, exported = tmp_path / "official.png", tmp_path / "exported.png"
+    assert main(["i", str(photos / "girl.png"), str(official), *weights]) == 0
+    assert main(["i", str(photos / "girl.png"), str(exported), "--weights",
+                 str(tmp_path / "m.keras")]) == 0
+    a = np.asarray(Image.open(official)).astype(int)
+    b = np.asarray(Image.open(exported)).astype(int)
+    assert np.abs(a - b).max() <= 1  # same model through .keras: at most one level of rounding
