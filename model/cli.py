@@ -4,6 +4,8 @@
     matte p IN_DIR OUT_DIR          a folder, recursively, skipping photos already done
     matte eval PRED_OR_MODEL GT_DIR metrics over a folder of masks / mattes
     matte export OUT --format F     the model as .keras, SavedModel, ONNX or LiteRT
+    matte arrange-p3m SRC DST       a folder of photos + masks into the P3M-10k layout
+    matte ingest SRC DST            P3M-10k (local or gs://) into sharded TFRecords (Beam)
 """
 
 from __future__ import annotations
@@ -216,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
                         default="keras")
     _model_arguments(export)
     export.set_defaults(handler=cmd_export)
+
+    # Beam adds ~0.6 s to start-up: imported only here, where its subcommands are declared.
+    from pipelines import ingest_p3m
+
+    ingest_p3m.add_cli(commands)  # `ingest` and `arrange-p3m`
     return parser
 
 

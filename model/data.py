@@ -1,0 +1,232 @@
+"""The TFRecord schema written by ``pipelines/ingest_p3m.py`` and the tf.data reader of its shards.
+
+One ``tf.train.Example`` per accepted pair (DESIGN.md §4):
+
+* ``image``: the source file's bytes exactly as given (JPEG, or an 8-bit PNG), never re-encoded;
+  ``orientation``: its EXIF orientation (1-8, 1 when absent), applied here as
+  ``model.imaging.decode_image`` applies it, so ``height``/``width`` are the upright size;
+* ``alpha``: 8-bit greyscale PNG at the upright image size; ``trimap`` and ``facemask``
+  (optional, empty when absent): 8-bit greyscale PNGs of the same size;
+* ``key`` (the file stem) and ``split``.
+
+Decoding reproduces ``decode_image`` pixel for pixel: JPEG via libjpeg's accurate integer IDCT
+(TensorFlow's default, the fast IDCT, differs from Pillow by up to ~20 levels).
+
+Preprocessing is ``model.preprocess`` (keras.ops), the same functions the inference path uses,
+so the training/eval datasets need the TensorFlow Keras backend (``records`` does not).
+``batch_size`` is always the global batch, which ``tf.distribute`` splits across replicas; the
+dataset starts from the shard list, so multi-worker input sharding can go by file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from model.losses import repeat_label
+from model.preprocess import MODEL_SIZE, alpha_to_size, normalize, preprocess, resize
+
+AUTOTUNE = tf.data.AUTOTUNE
+_FEATURES = {
+    "key": tf.io.FixedLenFeature([], tf.string),
+    "split": tf.io.FixedLenFeature([], tf.string),
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "orientation": tf.io.FixedLenFeature([], tf.int64, default_value=1),
+    "height": tf.io.FixedLenFeature([], tf.int64),
+    "width": tf.io.FixedLenFeature([], tf.int64),
+    "alpha": tf.io.FixedLenFeature([], tf.string),
+    "trimap": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    "facemask": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+}
+
+
+def encode_example(*, key: str, split: str, image: bytes, orientation: int, height: int,
+                   width: int, alpha: bytes, trimap: bytes | None = None,
+                   facemask: bytes | None = None) -> bytes:
+    """One serialised record; ``deterministic`` so equal inputs give equal bytes on rerun."""
+    def data(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def number(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    feature = {"key": data(key.encode()), "split": data(split.encode()), "image": data(image),
+               "orientation": number(orientation), "height": number(height),
+               "width": number(width), "alpha": data(alpha)}
+    for name, value in (("trimap", trimap), ("facemask", facemask)):
+        if value is not None:
+            feature[name] = data(value)
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+def read_manifest(root: str) -> dict:
+    with tf.io.gfile.GFile(f"{root.rstrip('/')}/manifest.json", "rb") as handle:
+        return json.loads(handle.read())
+
+
+def shard_files(root: str, split: str) -> list[str]:
+    """The split's shards as listed in the manifest (the commit point), never by globbing."""
+    splits = read_manifest(root)["splits"]
+    if split not in splits:
+        raise ValueError(f"split {split!r} not in {root}/manifest.json (has {sorted(splits)})")
+    return [f"{root.rstrip('/')}/{shard['path']}" for shard in splits[split]["shards"]]
+
+
+def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Apply EXIF orientation as Pillow's ``exif_transpose`` does (rot90 turns anticlockwise)."""
+    def transpose(x):
+        return tf.transpose(x, [1, 0, 2])
+
+    branches = [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.reverse(image, [0]),
+        lambda: transpose(image),
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(transpose(image), 2),
+        lambda: tf.image.rot90(image, 1),
+    ]
+    # Values outside 1..8 mean "no rotation", as in Pillow.
+    index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
+    return tf.switch_case(tf.cast(index, tf.int32), branches)
+
+
+def _decode_grey(data: tf.Tensor) -> tf.Tensor:
+    return tf.ensure_shape(tf.io.decode_png(data, channels=1), [None, None, 1])
+
+
+def decode_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Serialised record -> uint8 ``image`` HxWx3 and ``alpha`` HxWx1 (upright), and the rest."""
+    record = tf.io.parse_single_example(serialized, _FEATURES)
+    data = record["image"]
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_png(data, channels=3),
+    )
+    image = tf.ensure_shape(_orient(image, record["orientation"]), [None, None, 3])
+    decoded = {"key": record["key"], "split": record["split"], "image": image,
+               "alpha": _decode_grey(record["alpha"])}
+    for name in ("trimap", "facemask"):
+        present = tf.strings.length(record[name]) > 0
+        decoded[name] = tf.cond(
+            present, lambda n=name: _decode_grey(record[n]),
+            lambda: tf.zeros([0, 0, 1], tf.uint8))
+    return decoded
+
+
+def records(root: str, split: str, cache: bool | str = False) -> tf.data.Dataset:
+    """Every record of a split in manifest order, decoded at full resolution (no resizing)."""
+    files = shard_files(root, split)
+    # dtype given: an empty split (human-seg arranged has no P3M-500-P) would infer float32.
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).interleave(
+        tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 4)),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache is not False:
+        # Caches the compressed records, not decoded pixels: full-resolution P3M decoded would
+        # need ~60 GB, while the JPEG/PNG bytes are what remote storage makes slow to re-read.
+        dataset = dataset.cache("" if cache is True else cache)
+    return dataset.map(decode_record, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation. Crops keep >= 35% of the photo so the person mostly stays in view;
+    colour jitter is mild because alpha does not depend on colour but over-strong jitter makes
+    photos no camera would take."""
+
+    crop_area: tuple[float, float] = (0.35, 1.0)
+    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.02
+
+
+def augment_pair(image: tf.Tensor, alpha: tf.Tensor, seed: tf.Tensor, size: int,
+                 augment: Augment) -> tuple[tf.Tensor, tf.Tensor]:
+    """uint8 image HxWx3 + alpha HxWx1 -> normalised image and alpha in [0, 1], both size².
+
+    Image and alpha are stacked so crop, resize and flip move them together; ``seed`` is a
+    shape-[2] stateless seed, so equal seeds give equal results.
+    """
+    crop_seed, flip_seed, *colour_seeds = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6))
+    stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(alpha, tf.float32)], axis=-1)
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=crop_seed,
+        min_object_covered=0.0, aspect_ratio_range=augment.crop_aspect,
+        area_range=augment.crop_area, max_attempts=10, use_image_if_no_bounding_boxes=True)
+    stacked = resize(tf.slice(stacked, begin, extent), (size, size))
+    if augment.flip:
+        stacked = tf.image.stateless_random_flip_left_right(stacked, flip_seed)
+    rgb = stacked[..., :3] / 255.0
+    brightness, contrast, saturation, hue = colour_seeds
+    if augment.brightness:
+        rgb = tf.image.stateless_random_brightness(rgb, augment.brightness, brightness)
+    if augment.contrast:
+        rgb = tf.image.stateless_random_contrast(
+            rgb, 1 - augment.contrast, 1 + augment.contrast, contrast)
+    if augment.saturation:
+        rgb = tf.image.stateless_random_saturation(
+            rgb, 1 - augment.saturation, 1 + augment.saturation, saturation)
+    if augment.hue:
+        rgb = tf.image.stateless_random_hue(rgb, augment.hue, hue)
+    # normalize() divides by the image's maximum, so [0, 1] input is as good as [0, 255].
+    image = normalize(tf.clip_by_value(rgb, 0.0, 1.0))
+    return image, tf.clip_by_value(stacked[..., 3:] / 255.0, 0.0, 1.0)
+
+
+def _require_tensorflow_backend() -> None:
+    # keras.ops on another backend would fail inside tf.data with a far less clear message.
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError("model.data needs KERAS_BACKEND=tensorflow: its preprocessing runs "
+                           f"inside tf.data (the backend is {keras.backend.backend()!r})")
+
+
+def _label(alpha: tf.Tensor, size: int) -> tf.Tensor:
+    return alpha_to_size(tf.cast(alpha, tf.float32) / 255.0, (size, size))
+
+
+def train_dataset(root: str, batch_size: int, *, split: str = "train", size: int = MODEL_SIZE,
+                  seed: int | None = None, augment: Augment | None = None,
+                  shuffle_buffer: int = 256, cache: bool | str = False) -> tf.data.Dataset:
+    """``(image, labels)`` batches for ``fit``: augmented, normalised, ``labels`` per output.
+
+    With ``seed`` the order and every augmentation are reproducible; each epoch (each new
+    iteration) still draws new ones. The last partial batch is dropped so every step has the
+    same shape on every replica.
+    """
+    _require_tensorflow_backend()
+    augment = augment or Augment()
+    dataset = records(root, split, cache).shuffle(shuffle_buffer, seed=seed,
+                                                  reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def prepare(record, pair_seed):
+        image, alpha = augment_pair(record["image"], record["alpha"], pair_seed, size, augment)
+        return image, repeat_label(alpha)
+
+    dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+        prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(root: str, split: str, batch_size: int, *, size: int = MODEL_SIZE,
+                 cache: bool | str = False) -> tf.data.Dataset:
+    """``(image, labels)`` batches at a fixed ``size``² for ``evaluate``; every record kept."""
+    _require_tensorflow_backend()
+
+    def prepare(record):
+        return preprocess(record["image"], size), repeat_label(_label(record["alpha"], size))
+
+    dataset = records(root, split).map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache is not False:
+        dataset = dataset.cache("" if cache is True else cache)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)

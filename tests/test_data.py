@@ -1,0 +1,152 @@
+"""model/data.py: the record schema, pixel-exact reading, augmentation, and fit-ready batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from model import data
+from model.imaging import decode_image, decode_mask
+from model.losses import deep_supervision_loss
+from model.preprocess import preprocess
+from model.u2net import OUTPUT_NAMES
+from pipelines.ingest_p3m import run
+from pipelines.p3m_layout import SPLIT_FOLDERS, fit_mask
+from tests.p3m_synth import encode, make_p3m, photo
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("data")
+    synth = make_p3m(root / "src", train=5)
+    run([str(root / "src"), str(root / "out")])
+    return root / "out", synth
+
+
+def _source(root: Path, split: str, role: str, key: str) -> bytes:
+    prefix, roles = SPLIT_FOLDERS[split]
+    folder = next(name for name, kind in roles.items() if kind == role)
+    (path,) = (root / prefix / folder).glob(f"{key}.*")
+    return path.read_bytes()
+
+
+def test_every_accepted_pair_reads_back_as_its_source_pixels(shards):
+    out, synth = shards
+    seen = {}
+    for split in SPLIT_FOLDERS:
+        for record in data.records(str(out), split):
+            key = record["key"].numpy().decode()
+            seen.setdefault(split, []).append(key)
+            image = decode_image(_source(synth.root, split, "image", key))
+            mask = decode_mask(_source(synth.root, split, "mask", key))
+            if (split, key) in synth.resized:
+                mask = fit_mask(mask, image.shape[:2])
+            np.testing.assert_array_equal(record["image"].numpy(), image, err_msg=key)
+            np.testing.assert_array_equal(record["alpha"].numpy()[..., 0], mask, err_msg=key)
+            for role in ("trimap", "facemask"):
+                if role in SPLIT_FOLDERS[split][1].values():
+                    label = decode_mask(_source(synth.root, split, role, key))
+                    np.testing.assert_array_equal(record[role].numpy()[..., 0], label)
+                else:
+                    assert record[role].shape == (0, 0, 1)
+    assert seen == synth.accepted
+
+
+def test_rgb_mask_uses_channel_zero_and_exif_photo_is_upright(shards):
+    out, synth = shards
+    by_key = {r["key"].numpy().decode(): r for r in data.records(str(out), "train")}
+    rgb_mask = decode_image(_source(synth.root, "train", "mask", "p_rgbmask"))
+    np.testing.assert_array_equal(by_key["p_rgbmask"]["alpha"].numpy()[..., 0], rgb_mask[..., 0])
+    assert by_key["p_exif"]["image"].shape == (80, 48, 3)  # stored 48x80, EXIF says rotate
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_decode_image(orientation):
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    jpeg = encode(photo(np.random.default_rng(orientation), 20, 31), "JPEG", exif=tags)
+    expected = decode_image(jpeg)
+    example = data.encode_example(
+        key="k", split="train", image=jpeg, orientation=orientation, height=expected.shape[0],
+        width=expected.shape[1], alpha=encode(np.zeros(expected.shape[:2], np.uint8), "PNG"))
+    np.testing.assert_array_equal(data.decode_record(tf.constant(example))["image"], expected)
+
+
+def test_augmentation_is_the_same_eagerly_and_inside_tf_data():
+    rng = np.random.default_rng(5)
+    image = photo(rng, 70, 50)
+    alpha = rng.integers(0, 256, (70, 50, 1), dtype=np.uint8)
+    seed = tf.constant([3, 4], tf.int64)
+    eager = data.augment_pair(image, alpha, seed, 32, data.Augment())
+    dataset = tf.data.Dataset.from_tensors((image, alpha, seed)).map(
+        lambda i, a, s: data.augment_pair(i, a, s, 32, data.Augment()))
+    graph = next(iter(dataset))
+    for a, b in zip(eager, graph, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert eager[0].shape == (32, 32, 3) and eager[1].shape == (32, 32, 1)
+    assert 0.0 <= float(tf.reduce_min(eager[1])) and float(tf.reduce_max(eager[1])) <= 1.0
+
+
+def test_no_augmentation_and_full_crop_is_plain_preprocessing():
+    image = photo(np.random.default_rng(6), 40, 40)
+    alpha = np.full((40, 40, 1), 255, np.uint8)
+    off = data.Augment(crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0), flip=False, brightness=0,
+                       contrast=0, saturation=0, hue=0)
+    out, label = data.augment_pair(image, alpha, tf.constant([1, 2], tf.int64), 24, off)
+    np.testing.assert_allclose(out, preprocess(image, 24), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(label, 1.0, rtol=1e-6)
+
+
+def _first_batch(dataset) -> np.ndarray:
+    return next(iter(dataset))[0].numpy()
+
+
+def test_training_batches_are_seeded_global_and_fresh_each_epoch(shards):
+    out, _ = shards
+    first = data.train_dataset(str(out), 4, size=32, seed=7)
+    x, labels = next(iter(first))
+    assert x.shape == (4, 32, 32, 3) and set(labels) == set(OUTPUT_NAMES)
+    assert all(label.shape == (4, 32, 32, 1) for label in labels.values())
+    epoch2 = _first_batch(first)
+    again = data.train_dataset(str(out), 4, size=32, seed=7, cache=True)
+    np.testing.assert_array_equal(x.numpy(), _first_batch(again))
+    assert not np.array_equal(x.numpy(), epoch2)
+    other = data.train_dataset(str(out), 4, size=32, seed=8)
+    assert not np.array_equal(x.numpy(), _first_batch(other))
+    assert sum(1 for _ in first) == 9 // 4  # 9 train pairs, partial batch dropped
+
+
+def test_eval_batches_keep_every_record_at_a_fixed_size(shards):
+    out, _ = shards
+    batches = list(data.eval_dataset(str(out), "P3M-500-P", 3, size=40, cache=True))
+    assert [x.shape[0] for x, _ in batches] == [2]
+    record = next(iter(data.records(str(out), "P3M-500-P")))
+    np.testing.assert_allclose(batches[0][0][0], preprocess(record["image"], 40), atol=1e-5)
+
+
+def test_fit_one_step_under_a_distribution_strategy(shards):
+    out, _ = shards
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        inputs = keras.Input((32, 32, 3))
+        outputs = {name: keras.layers.Conv2D(1, 1, activation="sigmoid", name=name)(inputs)
+                   for name in OUTPUT_NAMES}
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer="sgd", loss=deep_supervision_loss())
+    history = model.fit(data.train_dataset(str(out), 2, size=32, seed=1), epochs=1, shuffle=False,
+                        steps_per_epoch=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_unknown_split_is_refused_and_an_empty_one_is_empty(shards, tmp_path):
+    out, _ = shards
+    (tmp_path / "manifest.json").write_text(
+        '{"splits": {"P3M-500-P": {"pairs": 0, "shards": []}}}')
+    assert list(data.records(str(tmp_path), "P3M-500-P")) == []
+    with pytest.raises(ValueError, match="not in"):
+        data.shard_files(str(out), "test")
