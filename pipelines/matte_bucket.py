@@ -1,0 +1,298 @@
+"""Bucket-scale matting: every photo under IN_URI becomes a cut-out under OUT_URI (same keys).
+
+    python -m pipelines.matte_bucket IN_URI OUT_URI [--only-mask | --bgcolor C [--jpeg]] ...
+    matte bucket IN_URI OUT_URI ...            (the same parser; Beam flags pass through)
+
+list -> check keys -> one source per output -> skip done -> read + decode -> RunInference ->
+render + write -> OUT_URI/_runs/<run-id>/{manifest.jsonl, dead_letter.jsonl, summary.json}.
+A key is done when OUT_URI/_state/<output>.json records the same source (size + mtime, or GCS
+generation), model version and output options, and the output still has the recorded size.
+The output is written before its state record, so a kill in between costs a redo, never a skip.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import AsList, TaggedOutput
+from apache_beam.transforms.window import GlobalWindows
+
+from model.imaging import ImageError, decode_image
+from model.outputs import render
+from pipelines import model_handler, storage
+from pipelines.model_handler import METRICS_NAMESPACE, MattingModelHandler
+from pipelines.options import BucketOptions, parse, pinned_runner
+from pipelines.storage import IO_ERRORS, ObjectInfo, UnsafeKeyError, is_hidden, open_store
+
+DEAD, SKIPPED = "dead", "skipped"
+STATE_KEY = "_state/{}.json"  # what an output was made from, written after the output
+STAGES = ("read", "decode", "inference", "render", "write")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A source to matte into ``output``; ``generation`` is the output's, 0 if it is absent."""
+
+    source: ObjectInfo
+    output: str
+    generation: int = 0
+    timings: dict = dataclasses.field(default_factory=dict)  # stage -> milliseconds
+
+
+class BucketResult(NamedTuple):
+    records: beam.PCollection  # manifest lines: status "ok" or "skipped"
+    dead_letters: beam.PCollection  # {"key", "stage", "reason"}
+    summary: beam.PCollection  # one dict, also written to summary.json
+
+
+def dead(key: str, stage: str, reason: str) -> TaggedOutput:
+    """A dead letter: the key that failed, at which stage, and why."""
+    return TaggedOutput(DEAD, {"key": key, "stage": stage, "reason": reason})
+
+
+def expected_state(source: ObjectInfo, output: str, output_size: int,
+                   options: BucketOptions) -> dict:
+    return {"key": source.key, "source_size": source.size, "source_version": source.version,
+            "model_version": options.model_version, "output": output, "output_size": output_size,
+            "output_options": dataclasses.asdict(options.output),
+            "official_normalization": options.official_normalization}
+
+
+def _observe(stage: str, start: float) -> float:
+    """Milliseconds since ``start``, also recorded in the stage's latency distribution."""
+    milliseconds = (time.perf_counter() - start) * 1000.0
+    Metrics.distribution(METRICS_NAMESPACE, f"{stage}_latency_us").update(int(milliseconds * 1e3))
+    return milliseconds
+
+
+def classify(info: ObjectInfo, options: BucketOptions) -> list:
+    """(output key, source) for a usable listing entry, a dead letter for an unusable one."""
+    try:
+        output = storage.output_for(info.key, options.output)
+    except UnsafeKeyError as error:
+        return [dead(info.key, "list", f"unsafe key: {error.reason}")]
+    if is_hidden(info.key):
+        return []  # hidden files are not photos (the CLI skips them too); temp files are hidden
+    if info.size > options.max_bytes:
+        return [dead(info.key, "read", f"too large: {info.size} bytes > --max-bytes")]
+    return [(output, info)]
+
+
+def pick_source(item: tuple[str, list[ObjectInfo]]) -> Iterator:
+    """One source per output key (``a.jpg`` and ``a.png`` both make ``a.png``): first key wins."""
+    output, infos = item
+    first, *others = sorted(infos, key=lambda info: info.key)
+    yield output, first
+    for other in others:
+        yield dead(other.key, "plan", f"output {output} is already written for {first.key}")
+
+
+class _RunFn(beam.DoFn):
+    """A stage of a run: holds the options, opens the stores on the worker."""
+
+    def __init__(self, options: BucketOptions):
+        self._options = options
+
+    def setup(self):
+        self._in = open_store(self._options.input_uri)
+        self._out = open_store(self._options.output_uri)
+
+
+class PlanFn(_RunFn):
+    """Skip outputs that are done for this source version, model and output options."""
+
+    def process(self, item: tuple[str, ObjectInfo]) -> Iterator:
+        output, source = item
+        current = self._out.stat(output)
+        if current is not None and self._state(output) == expected_state(
+                source, output, current.size, self._options):
+            Metrics.counter(METRICS_NAMESPACE, "skipped").inc()
+            yield TaggedOutput(SKIPPED, {"key": source.key, "output": output, "status": "skipped",
+                                         "model_version": self._options.model_version})
+            return
+        yield Job(source, output, current.generation if current is not None else 0)
+
+    def _state(self, output: str) -> dict | None:
+        if self._out.stat(STATE_KEY.format(output)) is None:
+            return None
+        try:
+            return json.loads(self._out.read(STATE_KEY.format(output)))
+        except (ValueError, *IO_ERRORS):
+            return None  # unreadable state means "not known to be done": the key is redone
+
+
+class ReadDecodeFn(_RunFn):
+    def process(self, job: Job) -> Iterator:
+        key, start = job.source.key, time.perf_counter()
+        try:
+            data = self._in.read(key)
+        except IO_ERRORS as error:
+            yield dead(key, "read", f"cannot read: {error}")
+            return
+        Metrics.counter(METRICS_NAMESPACE, "read").inc()
+        read_ms, start = _observe("read", start), time.perf_counter()
+        try:
+            image = decode_image(data, key, self._options.max_pixels)
+        except ImageError as error:
+            yield dead(key, "decode", error.reason)
+            return
+        timings = {"read": read_ms, "decode": _observe("decode", start)}
+        yield dataclasses.replace(job, timings=timings), image
+
+
+class RenderWriteFn(_RunFn):
+    """Encodes and writes on a thread pool, so PNG encoding overlaps the next batch's inference.
+    Results and metrics go out on the bundle's thread: Beam's metric containers are per thread."""
+
+    def setup(self):
+        super().setup()
+        self._pool = ThreadPoolExecutor(self._options.threads, thread_name_prefix="render")
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, item: tuple[Job, PredictionResult]) -> Iterator:
+        self._pending.append(self._pool.submit(self._write, *item))
+        # Each pending item holds a full-resolution photo: bound them.
+        while self._pending and (self._pending[0].done()
+                                 or len(self._pending) > 2 * self._options.threads):
+            yield self._emit(*self._pending.popleft().result(), windowed=False)
+
+    def finish_bundle(self) -> Iterator:
+        while self._pending:
+            yield self._emit(*self._pending.popleft().result(), windowed=True)
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
+
+    def _emit(self, record: dict | None, letter: TaggedOutput | None, windowed: bool):
+        if record is not None:
+            Metrics.counter(METRICS_NAMESPACE, "ok").inc()
+            for stage in ("render", "write"):
+                Metrics.distribution(METRICS_NAMESPACE, f"{stage}_latency_us").update(
+                    int(record["timings_ms"][stage] * 1e3))
+        if windowed:  # finish_bundle has no input element to take the window from
+            return (GlobalWindows.windowed_value(record) if record is not None else
+                    TaggedOutput(DEAD, GlobalWindows.windowed_value(letter.value)))
+        return record if record is not None else letter
+
+    def _write(self, job: Job, result: PredictionResult) -> tuple[dict | None, TaggedOutput | None]:
+        inference = result.inference
+        try:
+            start = time.perf_counter()
+            data = render(result.example, inference.alpha, self._options.output)
+            render_ms, start = (time.perf_counter() - start) * 1000.0, time.perf_counter()
+            written = self._out.write(job.output, data, if_generation_match=job.generation)
+            state = expected_state(job.source, job.output, written.size, self._options)
+            self._out.write(STATE_KEY.format(job.output), json.dumps(state).encode(), None)
+            write_ms = (time.perf_counter() - start) * 1000.0
+        except IO_ERRORS as error:
+            return None, dead(job.source.key, "write", f"{type(error).__name__}: {error}")
+        timings = {**job.timings, "inference": inference.batch_ms / inference.batch_size,
+                   "render": render_ms, "write": write_ms}
+        return {"key": job.source.key, "output": job.output, "status": "ok",
+                "model_version": result.model_id, "source_size": job.source.size,
+                "source_version": job.source.version, "output_size": written.size,
+                "batch_size": inference.batch_size, "written_at": time.time(),
+                "timings_ms": {stage: round(ms, 3) for stage, ms in timings.items()}}, None
+
+
+def write_run_records(_, records: list[dict], letters: list[dict],
+                      options: BucketOptions) -> dict:
+    """manifest.jsonl, dead_letter.jsonl and summary.json under OUT_URI/_runs/<run-id>/."""
+    out, folder = open_store(options.output_uri), f"_runs/{options.run_id}/"
+    records = sorted(records, key=lambda record: record["key"])
+    letters = sorted(letters, key=lambda item: item["key"])
+    for name, lines in (("manifest.jsonl", records), ("dead_letter.jsonl", letters)):
+        out.write(folder + name, "".join(json.dumps(line) + "\n" for line in lines).encode())
+    done = [record for record in records if record["status"] == "ok"]
+    wall_s = time.time() - options.started_at
+    summary = {
+        "run_id": options.run_id, "input_uri": options.input_uri,
+        "output_uri": options.output_uri, "model_version": options.model_version,
+        "output_options": dataclasses.asdict(options.output),
+        "counts": {"ok": len(done), "skipped": len(records) - len(done), "failed": len(letters)},
+        "failed_by_stage": dict(collections.Counter(item["stage"] for item in letters)),
+        "mean_ms": {stage: round(sum(r["timings_ms"][stage] for r in done) / len(done), 3)
+                    for stage in STAGES} if done else {},
+        "started_at": options.started_at, "wall_s": round(wall_s, 3),
+        "images_per_s": round(len(done) / wall_s, 3),
+        "temp_files_swept": out.sweep_temps(older_than=options.started_at),
+    }
+    out.write(folder + "summary.json", json.dumps(summary, indent=2).encode())
+    Metrics.counter(METRICS_NAMESPACE, "failed").inc(len(letters))
+    return summary
+
+
+def build(p: beam.Pipeline, options: BucketOptions) -> BucketResult:
+    """The graph of one run (``options.model_version`` must be set: skips depend on it)."""
+    listed = (p | "Root" >> beam.Create([options.input_uri])
+              | "List" >> beam.FlatMap(lambda uri: open_store(uri).list(exclude=options.exclude))
+              | "CheckKeys" >> beam.FlatMap(classify, options).with_outputs(DEAD, main="ok"))
+    picked = (listed.ok | "ByOutput" >> beam.GroupByKey()
+              | "PickSource" >> beam.FlatMap(pick_source).with_outputs(DEAD, main="ok"))
+    planned = picked.ok | "SkipDone" >> beam.ParDo(PlanFn(options)).with_outputs(
+        SKIPPED, main="todo")
+    decoded = planned.todo | "ReadDecode" >> beam.ParDo(ReadDecodeFn(options)).with_outputs(
+        DEAD, main="ok")
+    handler = MattingModelHandler(
+        options.model, options.weights, expected_version=options.model_version,
+        official_normalization=options.official_normalization,
+        min_batch_size=options.min_batch_size, max_batch_size=options.max_batch_size,
+        share_model=options.share_model, require_gpu=options.require_gpu)
+    matted, failed = decoded.ok | "Matte" >> RunInference(
+        KeyedModelHandler(handler)).with_exception_handling()
+    written = matted | "RenderWrite" >> beam.ParDo(RenderWriteFn(options)).with_outputs(
+        DEAD, main="ok")
+    failed_inference = failed.failed_inferences | "PerKey" >> beam.FlatMap(
+        lambda failure: (dead(job.source.key, "inference", reason).value
+                         for job, reason in model_handler.failed_keys(failure)))
+    letters = ((listed[DEAD], picked[DEAD], decoded[DEAD], failed_inference, written[DEAD])
+               | "DeadLetters" >> beam.Flatten())
+    records = (planned[SKIPPED], written.ok) | "Records" >> beam.Flatten()
+    summary = (p | "Once" >> beam.Create([None])
+               | "RunRecords" >> beam.Map(write_run_records, AsList(records), AsList(letters),
+                                          options))
+    return BucketResult(records, letters, summary)
+
+
+def launch(options: BucketOptions,
+           pipeline_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
+    """Run ``options`` to the end on the runner the pipeline options name."""
+    options = dataclasses.replace(options, model_version=model_handler.model_version(
+        options.model, options.weights, options.official_normalization))
+    pipeline = beam.Pipeline(runner=pinned_runner(pipeline_options), options=pipeline_options)
+    build(pipeline, options)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
+    """Parse, validate and run; the PipelineResult carries the metrics."""
+    return launch(*parse(argv))
+
+
+def counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
+    """A matte_bucket counter summed over steps (committed where the runner has them)."""
+    query = MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name)
+    return sum(c.committed if c.committed is not None else c.attempted
+               for c in result.metrics().query(query)["counters"])
+
+
+if __name__ == "__main__":
+    from pipelines.options import main
+
+    sys.exit(main())

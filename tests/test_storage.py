@@ -1,0 +1,193 @@
+"""pipelines/storage.py: safe keys, local folders and gs:// (against gcp-storage-emulator)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from google.api_core.exceptions import PreconditionFailed
+
+from model.outputs import OutputOptions
+from pipelines import storage
+from pipelines.storage import (
+    GcsStore,
+    LocalStore,
+    UnsafeKeyError,
+    WriteConflict,
+    check_key,
+    crc32c,
+    localize,
+    output_for,
+    relative_location,
+)
+
+
+@pytest.mark.parametrize("key", ["a.jpg", "sub dir/photo é.JPG", "a..b.jpg", "x/y/z.png",
+                                 "日本/写真.png", "_runsy/a.jpg", "a/_runs/b.jpg"])
+def test_ordinary_keys_are_accepted(key):
+    assert check_key(key) == key
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("", "empty key"),
+    ("/etc/passwd", "absolute"),
+    ("../escape.jpg", "'..'"),
+    ("a/../../escape.jpg", "'..'"),
+    ("a/..", "'..'"),
+    ("a//b.jpg", "empty"),
+    ("./a.jpg", "'.'"),
+    ("a/\nb.jpg", "control characters"),
+    ("tab\tname.jpg", "control characters"),
+    ("_runs/x/manifest.jsonl", "reserved"),
+    ("_state/a.png.json", "reserved"),
+    ("x" * 256 + ".jpg", "longer than 255 bytes"),
+])
+def test_unsafe_keys_are_refused_with_a_reason(key, reason):
+    with pytest.raises(UnsafeKeyError) as raised:
+        check_key(key)
+    assert reason in raised.value.reason
+
+
+def test_output_key_keeps_the_path_and_changes_the_extension():
+    assert output_for("sub dir/a é.jpg", OutputOptions()) == "sub dir/a é.png"
+    assert output_for("a.png", OutputOptions(bgcolor=(0, 0, 0), jpeg=True)) == "a.jpg"
+    with pytest.raises(UnsafeKeyError):
+        output_for("../a.jpg", OutputOptions())
+
+
+def test_relative_location(tmp_path):
+    assert relative_location(str(tmp_path / "in" / "out"), str(tmp_path / "in")) == "out"
+    assert relative_location(str(tmp_path / "in"), str(tmp_path / "in")) == ""
+    assert relative_location(str(tmp_path / "out"), str(tmp_path / "in")) is None
+    assert relative_location("gs://b/in/out", "gs://b/in/") == "out"
+    assert relative_location("gs://b/input", "gs://b/in") is None
+    assert relative_location("gs://c/in", "gs://b/in") is None
+    assert relative_location("gs://b/in", str(tmp_path)) is None
+
+
+def test_local_store_lists_writes_and_stats(tmp_path):
+    root = tmp_path / "root"
+    (root / "b dir").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / "out" / "x").mkdir(parents=True)
+    for name in ("b dir/2.jpg", "a.jpg", ".hidden.jpg", ".git/config", "out/x/1.png"):
+        (root / name).write_bytes(b"data")
+    store = LocalStore(str(root))
+    keys = [info.key for info in store.list(exclude="out")]
+    assert keys == [".hidden.jpg", "a.jpg", "b dir/2.jpg"]  # hidden dirs pruned, out excluded
+
+    written = store.write("new/deep é/file.png", b"12345")
+    assert written.size == 5 and (root / "new/deep é/file.png").read_bytes() == b"12345"
+    assert not [p for p in (root / "new/deep é").iterdir() if p.name.startswith(".")]
+    before = store.stat("a.jpg")
+    os.utime(root / "a.jpg", ns=(0, before_ns := 1_000_000_000))
+    assert store.stat("a.jpg").version == f"mtime_ns:{before_ns}" != before.version
+    assert store.stat("missing.jpg") is None and store.stat("b dir") is None
+
+
+def test_local_store_never_writes_outside_its_root(tmp_path):
+    root, outside = tmp_path / "out", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    store = LocalStore(str(root))
+    for key in ("../escape.png", "/tmp/abs.png", "link/escape.png", "a/../../escape.png"):
+        with pytest.raises(UnsafeKeyError):
+            store.write(key, b"x")
+    assert not list(outside.iterdir())
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_sweep_removes_only_stale_temp_files(tmp_path):
+    store = LocalStore(str(tmp_path))
+    stale = tmp_path / "a" / ".photo.png.ab12cd_9.tmp"
+    fresh = tmp_path / ".other.png.zz99yy00.tmp"
+    keep = tmp_path / ".notes.tmp"  # not a name write_atomic makes
+    stale.parent.mkdir()
+    for path in (stale, fresh, keep):
+        path.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    os.utime(keep, (time.time() - 3600, time.time() - 3600))
+    assert store.sweep_temps(older_than=time.time() - 60) == 1
+    assert not stale.exists() and fresh.exists() and keep.exists()
+
+
+def test_gcs_store_round_trip_with_generations(gcs_emulator):
+    gcs_emulator.create_bucket("store-test")
+    bucket = gcs_emulator.bucket("store-test")
+    bucket.blob("pre/fix/a b é.jpg").upload_from_string(b"one")
+    bucket.blob("pre/fix/folder/").upload_from_string(b"")  # console folder placeholder
+    bucket.blob("pre/fix/out/done.png").upload_from_string(b"x")
+    bucket.blob("pre/fixed.jpg").upload_from_string(b"not below the prefix")
+    store = GcsStore("gs://store-test/pre/fix/")
+    assert [info.key for info in store.list(exclude="out")] == ["a b é.jpg"]
+    first = store.write("new/c.png", b"abc", if_generation_match=0)
+    assert first.generation > 0 and first.version == f"generation:{first.generation}"
+    assert store.stat("new/c.png") == first and store.read("new/c.png") == b"abc"
+    assert store.stat("missing.png") is None
+    assert bucket.get_blob("pre/fix/new/c.png").crc32c == crc32c(b"abc")
+    with pytest.raises(UnsafeKeyError):
+        store.write("../escape.png", b"x")
+
+
+def test_gcs_writes_carry_the_generation_precondition(gcs_emulator, monkeypatch):
+    # gcp-storage-emulator ignores ifGenerationMatch, so the request itself is checked here.
+    gcs_emulator.create_bucket("precondition-test")
+    store = GcsStore("gs://precondition-test")
+    calls = []
+    blob_class = type(store.bucket.blob("x"))
+    original = blob_class.upload_from_string
+
+    def spy(blob, data, **kwargs):
+        calls.append((blob.name, kwargs.get("if_generation_match")))
+        return original(blob, data, **kwargs)
+
+    monkeypatch.setattr(blob_class, "upload_from_string", spy)
+    made = store.write("a.png", b"1", if_generation_match=0)
+    store.write("a.png", b"2", if_generation_match=made.generation)
+    assert calls == [("a.png", 0), ("a.png", made.generation)]
+
+
+class _RacedBlob:
+    """A blob whose upload loses a race: GCS answers 412 Precondition Failed."""
+
+    name = "k.png"
+
+    def upload_from_string(self, data, **kwargs):
+        raise PreconditionFailed("precondition failed")
+
+
+class _RacedBucket:
+    def __init__(self, current):
+        self.current = current
+
+    def blob(self, name):
+        return _RacedBlob()
+
+    def get_blob(self, name):
+        return self.current
+
+
+def test_lost_race_is_fine_for_identical_bytes_and_a_conflict_otherwise():
+    class Current:
+        name, size, generation, crc32c = "k.png", 3, 7, crc32c(b"abc")
+
+    store = GcsStore("gs://raced")
+    store._local.bucket = _RacedBucket(Current())
+    assert store.write("k.png", b"abc", if_generation_match=0).generation == 7
+    with pytest.raises(WriteConflict):
+        store.write("k.png", b"different", if_generation_match=0)
+
+
+def test_localize_downloads_gcs_weights_once_per_generation(gcs_emulator, tmp_path):
+    gcs_emulator.create_bucket("weights-test")
+    gcs_emulator.bucket("weights-test").blob("m/model.keras").upload_from_string(b"v1")
+    path = localize("gs://weights-test/m/model.keras", cache=tmp_path)
+    assert path.read_bytes() == b"v1" and path.name == "model.keras"
+    assert localize("gs://weights-test/m/model.keras", cache=tmp_path) == path
+    gcs_emulator.bucket("weights-test").blob("m/model.keras").upload_from_string(b"v2")
+    assert localize("gs://weights-test/m/model.keras", cache=tmp_path).read_bytes() == b"v2"
+    assert localize(str(tmp_path / "local.onnx")) == Path(tmp_path / "local.onnx")
+    assert storage.is_gcs("gs://b") and not storage.is_gcs("/gs:/b")
