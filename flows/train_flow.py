@@ -1,0 +1,183 @@
+"""Prefect flow: ingest (if needed) -> train -> evaluate -> register -> promote, with plots.
+
+Thin: the work is ``model.train.train``, ``model.evaluate``, ``model.registry`` and
+``model.plots``. The candidate and the champion are evaluated on the same split with the same
+protocol (the ``eval_key``) before they are compared. ``baseline_weights`` (an official .onnx)
+seeds an empty registry with the imported official model as the first champion, so a
+fine-tuned model is promoted only if it beats the weights it started from.
+
+Retries: only the idempotent I/O (registering a version, whose id is its content hash;
+recording an evaluation; the compare-and-swap promotion; artifacts). Training resumes from its
+checkpoints when the flow is run again with the same ``run_dir``, so it is never retried blind.
+
+    python -m flows.train_flow smoke --data-root DATA --run-dir RUN --registry REG
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, Field
+
+from flows.ingest_flow import ingest_flow
+from model import plots
+from model.configs import from_dict, load_config, parse_override
+from model.evaluate import evaluate_model, protocol_name, split_examples, write_report
+from model.export import save_keras
+from model.matting import Matter
+from model.metrics import METRIC_NAMES
+from model.registry import Registry, manifest_hash
+from model.train import train
+from model.weights import import_onnx
+
+REPORT_KEY = "train-report"
+METRICS_KEY = "train-metrics"
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NONE}
+
+
+class TrainFlowParams(BaseModel):
+    config: str = Field("smoke", description="a preset name or a YAML config file")
+    data_root: str = Field(description="ingested TFRecords (folder or gs://)")
+    run_dir: str = Field(description="checkpoints, logs and evaluations of this run")
+    registry: str = Field(description="model registry root (folder or gs://)")
+    source: str | None = Field(None, description="P3M-layout folder, ingested if data_root "
+                               "has no manifest.json yet")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="config fields")
+    baseline_weights: str | None = Field(None, description="official .onnx: the first "
+                                         "champion of an empty registry")
+
+
+@task(cache_policy=NONE)
+def train_model(config: dict, run_dir: str) -> dict:
+    result = train(from_dict(config), run_dir)
+    return {"model_path": str(result.model_path), "history": list(result.state.history),
+            "steps": result.state.step, "resumed_from": result.resumed_from}
+
+
+@task(cache_policy=NONE)
+def evaluate_file(model_path: str, variant: str, data_root: str, split: str,
+                  max_side: int, size: int | None, out_dir: str) -> dict:
+    matter = Matter.load(variant, model_path)
+    result = evaluate_model(matter.model, split_examples(data_root, split),
+                            max_side=max_side, size=size)
+    paths = write_report(result, out_dir, {"model": matter.version,
+                                           "data": f"{data_root}#{split}"})
+    return {"summary": json.loads(paths["summary"].read_text()),
+            "per_image_csv": str(paths["per_image"]), "samples": result.samples}
+
+
+@task(**IO_RETRIES)
+def register(registry: str, model_path: str, config: dict, data_hash: str | None,
+             figures: dict[str, bytes]) -> str:
+    return Registry(registry).register(model_path, config, data_hash, figures)
+
+
+@task(**IO_RETRIES)
+def record(registry: str, version: str, eval_key: str, evaluation: dict) -> None:
+    csv_bytes = Path(evaluation["per_image_csv"]).read_bytes()
+    Registry(registry).record_evaluation(version, eval_key, evaluation["summary"], csv_bytes)
+
+
+@task(**IO_RETRIES)
+def promote(registry: str, version: str, eval_key: str, metric: str) -> dict:
+    return asdict(Registry(registry).promote(version, eval_key, metric))
+
+
+@task(**IO_RETRIES)
+def publish(decision: dict, summaries: dict[str, dict], figures: dict[str, bytes]) -> None:
+    verdict = "promoted" if decision["promoted"] else "not promoted"
+    lines = [f"# Candidate `{decision['candidate']}`: {verdict}", "",
+             f"{decision['reason']} on `{decision['eval_key']}` "
+             f"(champion before: `{decision['champion']}`).", ""]
+    titles = {"loss": "Loss curves", "metrics": "Metrics", "grid": "Photo / prediction / truth"}
+    for name, png in figures.items():
+        lines += [f"## {titles.get(name, name)}", plots.markdown_image(png, name), ""]
+    create_markdown_artifact(key=REPORT_KEY, markdown="\n".join(lines),
+                             description=f"training run, candidate {decision['candidate']}")
+    rows = [{"model": label, **{name: round(summary[name], 6) for name in METRIC_NAMES}}
+            for label, summary in summaries.items()]
+    create_table_artifact(key=METRICS_KEY, table=rows, description=decision["eval_key"])
+
+
+def _seed_baseline(registry: Registry, weights: str, run_dir: str) -> str:
+    """Register the imported official weights (training form, identity BN) as a version."""
+    model = import_onnx(weights, None)
+    path = save_keras(model, Path(run_dir) / "baseline" / "model.keras")
+    return register(registry.root, str(path), {"name": f"official-{model.name}",
+                                               "weights": weights}, None, {})
+
+
+@flow(name="train-u2net")
+def train_flow(params: TrainFlowParams) -> dict:
+    """Train, evaluate against the champion on the same data, promote if better."""
+    if not tf.io.gfile.exists(f"{params.data_root.rstrip('/')}/manifest.json"):
+        if params.source is None:
+            raise ValueError(f"{params.data_root} is not ingested and no source was given")
+        ingest_flow(params.source, params.data_root)
+    config = load_config(params.config, {**params.overrides, "data_root": params.data_root})
+    if not config.validation_split:
+        raise ValueError(f"config {config.name!r} has no validation_split to evaluate on")
+    data_hash = manifest_hash(params.data_root)
+    protocol = protocol_name(config.eval_max_side, config.eval_size)
+    eval_key = f"{config.validation_split}-{data_hash[:12]}-{protocol}"
+    registry = Registry(params.registry)
+    run = Path(params.run_dir)
+
+    def evaluate(model_path: str, name: str) -> dict:
+        return evaluate_file(model_path, config.variant, params.data_root,
+                             config.validation_split, config.eval_max_side, config.eval_size,
+                             str(run / "eval" / name))
+
+    trained = train_model(config.to_dict(), params.run_dir)
+    candidate = evaluate(trained["model_path"], "candidate")
+    if params.baseline_weights and registry.champion() is None:
+        baseline = _seed_baseline(registry, params.baseline_weights, params.run_dir)
+        record(registry.root, baseline, eval_key,
+               evaluate(str(registry.local_model(baseline)), "baseline"))
+        promote(registry.root, baseline, eval_key, config.validation_metric)
+    champion = registry.champion()
+    summaries = {"candidate": candidate["summary"]["metrics"]}
+    if champion is not None:
+        if registry.evaluation(champion, eval_key) is None:
+            record(registry.root, champion, eval_key,
+                   evaluate(str(registry.local_model(champion)), "champion"))
+        summaries[f"champion {champion[:8]}"] = registry.evaluation(champion, eval_key)["metrics"]
+    figures = {"loss": plots.loss_curves(trained["history"]),
+               "metrics": plots.metric_bars(summaries),
+               "grid": plots.prediction_grid(candidate["samples"])}
+    version = register(registry.root, trained["model_path"], config.to_dict(), data_hash,
+                       figures)
+    record(registry.root, version, eval_key, candidate)
+    decision = promote(registry.root, version, eval_key, config.validation_metric)
+    publish(decision, summaries, figures)
+    return {"version": version, "decision": decision, "steps": trained["steps"],
+            "metrics": candidate["summary"]["metrics"], "eval_key": eval_key}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="train_flow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    for name in ("data-root", "run-dir", "registry"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--source")
+    parser.add_argument("--baseline-weights")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    overrides = dict(parse_override(text) for text in args.set)
+    return train_flow(TrainFlowParams(
+        config=args.config, data_root=args.data_root, run_dir=args.run_dir,
+        registry=args.registry, source=args.source, overrides=overrides,
+        baseline_weights=args.baseline_weights))
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2, default=str))

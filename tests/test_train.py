@@ -1,0 +1,158 @@
+"""Training: checkpoints, TensorBoard logs, and a killed run resuming at the same step and batch.
+
+One uninterrupted reference run (module fixture) on in-memory data; the kill test trains the
+same config in a subprocess, SIGKILLs it mid-epoch, resumes here, and must end with exactly the
+reference's weights: a restart from step 0, or resuming at the wrong batch, would not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.configs import from_dict
+from model.losses import repeat_label
+from model.preprocess import normalize
+from model.train import train
+
+SIZE = 32
+# Eager: tracing the train step costs more than these 6 steps (the flow test runs it traced).
+CONFIG = from_dict({"base": "smoke", "name": "tiny", "image_size": SIZE, "epochs": 2,
+                    "steps_per_epoch": 3, "checkpoint_every": 2, "batch_per_replica": 2,
+                    "run_eagerly": True})
+KILL_AFTER_STEP = 5  # mid second epoch; the last checkpoint before it is step 4
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_pairs(count: int, size: int = SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised photos of one ellipse (the "person") on a plain background, and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images, alphas = [], []
+    for _ in range(count):
+        (cy, cx), (ry, rx) = rng.uniform(0.35, 0.65, 2), rng.uniform(0.15, 0.3, 2)
+        alpha = ((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) <= 1).astype(np.float32)
+        colours = rng.uniform(0.1, 1.0, (2, 3))
+        image = alpha[..., None] * colours[0] + (1 - alpha[..., None]) * colours[1]
+        images.append(image + rng.normal(0, 0.03, image.shape))
+        alphas.append(alpha[..., None])
+    return (np.asarray(normalize(np.clip(np.stack(images), 0, 1))),
+            np.stack(alphas).astype(np.float32))
+
+
+def synthetic_epochs(batch: int = 2, count: int = 8):
+    """``EpochData``: the same pairs in an epoch-seeded order, so epoch e is always the same."""
+    images, alphas = synthetic_pairs(count)
+
+    def epoch_data(epoch: int) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices((images, repeat_label(alphas)))
+        return dataset.shuffle(count, seed=1000 + epoch).batch(batch, drop_remainder=True)
+
+    return epoch_data
+
+
+def weights_of(model: keras.Model) -> list[np.ndarray]:
+    return [np.asarray(weight) for weight in model.weights]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference")
+    return train(CONFIG, run_dir, epoch_data=synthetic_epochs())
+
+
+def test_checkpoints_every_n_steps_and_at_epoch_end(reference):
+    folder = reference.run_dir / "checkpoints"
+    # every=2 with 3 steps per epoch: steps 2, 4 (periodic) and 3, 6 (epoch ends); keep 3.
+    assert sorted(path.name for path in folder.glob("ckpt-*")) == [
+        "ckpt-00000003", "ckpt-00000004", "ckpt-00000006"]
+    assert json.loads((folder / "latest.json").read_text())["step"] == 6
+    state = json.loads((folder / "ckpt-00000004" / "state.json").read_text())
+    assert (state["step"], state["steps_per_epoch"], state["global_batch"]) == (4, 3, 2)
+    assert state["data_position"] == {"epoch": 1, "batch": 1}  # 0-based: batch 2 of epoch 2
+    assert [entry["epoch"] for entry in state["history"]] == [1]  # epoch 2 was not over
+    assert not list(folder.glob(".tmp-*"))
+
+
+def test_history_and_model_file(reference):
+    assert reference.state.step == 6 and reference.resumed_from is None
+    history = json.loads((reference.run_dir / "history.json").read_text())
+    assert [entry["step"] for entry in history] == [3, 6]
+    assert all(np.isfinite(entry["loss"]) for entry in history)
+    loaded = keras.saving.load_model(reference.model_path, safe_mode=True, compile=False)
+    x = synthetic_pairs(1, 64, seed=3)[0]  # the trained model takes other sizes too
+    np.testing.assert_allclose(loaded(x, training=False)["fused"],
+                               reference.model(x, training=False)["fused"], atol=1e-6)
+
+
+def test_tensorboard_has_the_epoch_losses(reference):
+    steps = []
+    for path in (reference.run_dir / "tensorboard" / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps += [event.step for value in event.summary.value if value.tag == "epoch_loss"]
+    assert sorted(steps) == [0, 1]
+
+
+def test_resuming_with_another_config_is_refused(reference):
+    other = from_dict({**CONFIG.to_dict(), "learning_rate": 0.5})
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(other, reference.run_dir, epoch_data=synthetic_epochs())
+
+
+PAUSED_RUN = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import keras
+    from model.train import train
+    from tests.test_train import CONFIG, KILL_AFTER_STEP, synthetic_epochs
+
+    class Pause(keras.callbacks.Callback):
+        # Holds the run after step KILL_AFTER_STEP so the test kills it mid-epoch, not by luck.
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.steps == KILL_AFTER_STEP:
+                Path(sys.argv[2]).write_text(str(self.steps))
+                time.sleep(600)
+
+    train(CONFIG, sys.argv[1], epoch_data=synthetic_epochs(), callbacks=[Pause()])
+""")
+
+
+def test_killed_run_resumes_at_the_same_step_and_batch(reference, tmp_path):
+    run_dir, marker = tmp_path / "run", tmp_path / "paused"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, str(run_dir), str(marker)],
+                                   env=env, cwd=REPO, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 300  # generous: only bounds a hang, never measures speed
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), log.read_text()[-3000:]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 4
+    assert not (run_dir / "model.keras").exists()
+
+    resumed = train(CONFIG, run_dir, epoch_data=synthetic_epochs())
+    assert (resumed.resumed_from, resumed.state.step) == (4, 6)
+    assert [entry["epoch"] for entry in resumed.state.history] == [1, 2]
+    for expected, actual in zip(weights_of(reference.model), weights_of(resumed.model),
+                                strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
