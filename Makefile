@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND ?= tensorflow
 export SHARED_DATA := $(SHARED)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup browser run server test lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,24 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on the embedded default: matte the official demo photos into ./out/.
-run: $(STAMP)
-	$(BIN)/matte p "$(SHARED)/u2net-official-testdata/test_images" "$(OUT)" --model lite \
-	  $$(test -f "$(SHARED)/u2netp-onnx/u2netp.onnx" && echo --weights "$(SHARED)/u2netp-onnx/u2netp.onnx")
-	@echo "Cut-outs written to $(abspath $(OUT))"
+# Headless Chromium for the dashboard screenshot test (Debian package; needs root or skips).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  >/dev/null; } || echo "chromium not installed: the dashboard screenshot test will skip"
 
-test: $(STAMP)
+# The main job on the embedded default: one nightly-matting flow run (ephemeral Prefect API,
+# Beam DirectRunner) over the official demo photos into ./out/, with the official U²-Net†.
+run: $(STAMP)
+	$(BIN)/python -m flows.matting_flow "$(SHARED)/u2net-official-testdata/test_images" \
+	  "$(OUT)" --model "$(SHARED)/u2netp-onnx/u2netp.onnx"
+
+# A real Prefect server on 127.0.0.1:4200 + a process worker + prefect.yaml's deployments,
+# and one triggered nightly-matting run; the dashboard is at http://127.0.0.1:4200.
+server: $(STAMP)
+	$(BIN)/python -m flows.local_stack up --port 4200 --shared "$(SHARED)"
+
+test: $(STAMP) browser
 	$(BIN)/ruff check model pipelines flows tests benchmarks
 	$(BIN)/python -m pytest -q
 
@@ -39,6 +50,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/ingest.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

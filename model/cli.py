@@ -6,6 +6,10 @@
     matte export OUT --format F     the model as .keras, SavedModel, ONNX or LiteRT
     matte arrange-p3m SRC DST       a folder of photos + masks into the P3M-10k layout
     matte ingest SRC DST            P3M-10k (local or gs://) into sharded TFRecords (Beam)
+    matte bucket IN_URI OUT_URI     every photo of a folder or bucket (Beam RunInference)
+    matte train CONFIG              train / fine-tune (MirroredStrategy), resumable
+    matte evaluate MODEL ...        P3M metrics at the P3M test resolution, CSV + JSON
+    matte promote REGISTRY VERSION  make a version the champion if it is better
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from model.matting import Matter
 from model.metrics import METRIC_NAMES, evaluate, summarize
 from model.outputs import OutputOptions, output_key, render, write_atomic
 from model.preprocess import alpha_to_size
+from model.registry import RegistryError
 from model.weights import WeightsError
 
 
@@ -220,9 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     # Beam adds ~0.6 s to start-up: imported only here, where its subcommands are declared.
-    from pipelines import ingest_p3m
+    from model import evaluate, registry, train
+    from pipelines import ingest_p3m, options
 
     ingest_p3m.add_cli(commands)  # `ingest` and `arrange-p3m`
+    options.add_cli(commands)  # `bucket`
+    train.add_cli(commands)
+    evaluate.add_cli(commands)
+    registry.add_cli(commands)  # `promote`
     return parser
 
 
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ImageError, WeightsError, ValueError) as error:
+    except (ImageError, WeightsError, RegistryError, ValueError) as error:
         print(f"matte: error: {error}", file=sys.stderr)
         return 2
 

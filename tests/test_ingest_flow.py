@@ -15,15 +15,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey  # noqa: E402
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from flows.ingest_flow import COUNTS_KEY, REJECTS_KEY, SUMMARY_KEY, ingest_flow  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    with prefect_test_harness():
-        yield
 
 
 def _latest(key: str):
@@ -34,7 +27,7 @@ def _latest(key: str):
     return max(artifacts, key=lambda artifact: artifact.created)
 
 
-def test_flow_runs_the_pipeline_and_publishes_artifacts(prefect_server, tmp_path):
+def test_flow_runs_the_pipeline_and_publishes_artifacts(prefect_harness, tmp_path):
     synth = make_p3m(tmp_path / "P3M-10k")
     result = ingest_flow(str(synth.root), str(tmp_path / "out"), shard_mb=1)
 
@@ -54,6 +47,6 @@ def test_flow_runs_the_pipeline_and_publishes_artifacts(prefect_server, tmp_path
     assert "duplicate_stem 1" in summary and "| P3M-500-NP |" in summary
 
 
-def test_flow_refuses_a_non_positive_shard_size(prefect_server, tmp_path):
+def test_flow_refuses_a_non_positive_shard_size(prefect_harness, tmp_path):
     with pytest.raises(Exception, match="greater than 0"):
         ingest_flow(str(tmp_path), str(tmp_path / "out"), shard_mb=0)

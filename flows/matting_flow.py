@@ -1,0 +1,194 @@
+"""Prefect flow: the nightly matting run over a bucket, with the champion model.
+
+Thin by design: the work is ``pipelines.matte_bucket.run`` (the same entry point as
+``matte bucket``). The flow resolves the model, shows progress while the pipeline runs, and
+publishes a table artifact (counts, throughput, dead letters) and a markdown artifact with a
+few before/after thumbnails. Individual bad photos never fail the run: they are dead letters.
+It fails (red in the dashboard) only for systemic errors: the pipeline raising, or every photo
+failing at the model or write stage.
+
+    python -m flows.matting_flow IN_URI OUT_URI [--model lite]     # one run, ephemeral API
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import threading
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from pydantic import BaseModel, Field
+
+from flows.thumbnails import before_after_png
+from model.registry import Registry, RegistryError
+from pipelines import matte_bucket
+from pipelines.options import new_run_id
+from pipelines.storage import open_store
+
+SUMMARY_KEY = "matting-summary"
+DEAD_LETTERS_KEY = "matting-dead-letters"
+THUMBNAILS_KEY = "matting-thumbnails"
+SYSTEMIC_STAGES = {"inference", "write"}  # failing there for every photo is not the photos
+
+
+class MattingParams(BaseModel):
+    input_uri: str = Field(description="folder or gs://bucket/prefix of uploaded photos")
+    output_uri: str = Field(description="folder or gs://bucket/prefix for the cut-outs")
+    model: str = Field("champion", description="champion | lite | full | path to .onnx/.keras")
+    registry_uri: str = Field("registry", description="model registry holding the champion")
+    runner: str = "DirectRunner"
+    beam_args: list[str] = Field(default_factory=list, description="extra Beam options")
+    max_batch_size: int = Field(8, ge=1)
+    only_mask: bool = False
+    bgcolor: str | None = None
+    thumbnails: int = Field(4, ge=0, le=12)
+
+
+# Reading the registry is idempotent I/O: safe to retry on a transient storage error.
+@task(retries=2, retry_delay_seconds=10)
+def resolve_model(model: str, registry_uri: str) -> list[str]:
+    """``--model``/``--weights`` arguments; the champion's .keras for ``model="champion"``."""
+    if model in ("lite", "full"):
+        return ["--model", model]
+    if model != "champion":
+        return ["--weights", model]
+    registry = Registry(registry_uri)
+    try:
+        path = registry.local_model()
+    except RegistryError as error:
+        fallback = registry.last_good_champion()
+        if fallback is None:
+            raise
+        get_run_logger().error("champion pointer refused (%s); serving the previous "
+                               "champion %s", error, fallback)
+        path = registry.local_model(fallback)
+    return ["--weights", str(path)]
+
+
+def _count_inputs(input_uri: str) -> int:
+    return sum(1 for _ in open_store(input_uri).list())
+
+
+@task
+def run_pipeline(params: MattingParams, model_args: list[str], run_id: str) -> str:
+    """The Beam run; a progress artifact follows the outputs' state records as they land."""
+    argv = [params.input_uri, params.output_uri, *model_args, "--run-id", run_id,
+            "--max-batch-size", str(params.max_batch_size), "--runner", params.runner,
+            *params.beam_args]
+    if params.only_mask:
+        argv.append("--only-mask")
+    if params.bgcolor:
+        argv += ["--bgcolor", params.bgcolor]
+    total = max(_count_inputs(params.input_uri), 1)
+    progress = create_progress_artifact(0.0, key="matting-progress",
+                                        description=f"run {run_id}")
+    finished = threading.Event()
+
+    def follow() -> None:
+        out = open_store(params.output_uri)
+        while not finished.wait(3.0):
+            done = sum(1 for info in out.list() if info.key.startswith("_state/"))
+            update_progress_artifact(progress, min(100.0, 100.0 * done / total))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        matte_bucket.run(argv)
+    finally:
+        finished.set()
+        follower.join()
+    update_progress_artifact(progress, 100.0)
+    return run_id
+
+
+# Reading the run records is idempotent I/O.
+@task(retries=2, retry_delay_seconds=5)
+def read_run(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict]]:
+    out = open_store(output_uri)
+    folder = f"_runs/{run_id}/"
+
+    def lines(name: str) -> list[dict]:
+        text = out.read(folder + name).decode()
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    summary = json.loads(out.read(folder + "summary.json"))
+    return summary, lines("manifest.jsonl"), lines("dead_letter.jsonl")
+
+
+@task
+def publish(params: MattingParams, summary: dict, records: list[dict],
+            letters: list[dict]) -> None:
+    counts = summary["counts"]
+    create_table_artifact(key=SUMMARY_KEY, description=f"matting run {summary['run_id']}",
+                          table=[{
+                              "ok": counts["ok"], "skipped": counts["skipped"],
+                              "failed": counts["failed"],
+                              "images_per_s": summary["images_per_s"],
+                              "wall_s": summary["wall_s"],
+                              "model_version": summary["model_version"],
+                              "output": params.output_uri}])
+    if letters:
+        create_table_artifact(key=DEAD_LETTERS_KEY, table=letters[:1000],
+                              description=f"{len(letters)} photos not matted, with reasons")
+    lines = [f"# Matting run `{summary['run_id']}`", "",
+             f"{counts['ok']} matted, {counts['skipped']} already done, {counts['failed']} "
+             f"dead letters, {summary['images_per_s']} images/s, model "
+             f"`{summary['model_version']}`.", ""]
+    source, out = open_store(params.input_uri), open_store(params.output_uri)
+    for record in [r for r in records if r["status"] == "ok"][:params.thumbnails]:
+        png = before_after_png(source.read(record["key"]), out.read(record["output"]))
+        data = base64.b64encode(png).decode()
+        lines += [f"**{record['key']}**", "", f"![{record['key']}](data:image/png;base64,{data})",
+                  ""]
+    for letter in letters[:20]:
+        lines.append(f"- dead letter `{letter['key']}` ({letter['stage']}): {letter['reason']}")
+    create_markdown_artifact(key=THUMBNAILS_KEY, markdown="\n".join(lines))
+
+
+def check_systemic(summary: dict, letters: list[dict]) -> None:
+    """Raise when the failures say the system, not the photos, is broken."""
+    if summary["counts"]["ok"] == 0 and letters and all(
+        letter["stage"] in SYSTEMIC_STAGES for letter in letters
+    ):
+        raise RuntimeError(f"every photo failed at the model or write stage "
+                           f"({len(letters)}; first: {letters[0]['reason']})")
+
+
+@flow(name="nightly-matting")
+def matting_flow(params: MattingParams) -> dict:
+    """Matte every new photo under ``params.input_uri`` into ``params.output_uri``."""
+    run_id = new_run_id()
+    model_args = resolve_model(params.model, params.registry_uri)
+    run_pipeline(params, model_args, run_id)
+    summary, records, letters = read_run(params.output_uri, run_id)
+    publish(params, summary, records, letters)
+    check_systemic(summary, letters)
+    return {"run_id": run_id, "counts": summary["counts"],
+            "report": f"{params.output_uri.rstrip('/')}/_runs/{run_id}/summary.json"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="one nightly-matting flow run")
+    parser.add_argument("input_uri")
+    parser.add_argument("output_uri")
+    parser.add_argument("--model", default="champion")
+    parser.add_argument("--registry", default="registry")
+    args = parser.parse_args(argv)
+    result = matting_flow(MattingParams(input_uri=args.input_uri, output_uri=args.output_uri,
+                                        model=args.model, registry_uri=args.registry))
+    counts = result["counts"]
+    print(f"ok: {counts['ok']}  skipped: {counts['skipped']}  failed: {counts['failed']}")
+    print(f"cut-outs in {args.output_uri}; run report: {result['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The nightly-matting flow: artifacts, bad photos vs systemic errors, and a kill drill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.matting_flow import (
+    DEAD_LETTERS_KEY,
+    SUMMARY_KEY,
+    THUMBNAILS_KEY,
+    MattingParams,
+    check_systemic,
+    matting_flow,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("0002-01.jpg", "0003.jpg", "girl.png", "hockey.png", "im_01.png", "im_14.png",
+          "im_21.png", "im_27.png")
+
+
+def _uploads(folder: Path, testdata: Path, names=PHOTOS, size: int = 128) -> list[str]:
+    folder.mkdir(parents=True)
+    for name in names:
+        image = Image.open(testdata / "test_images" / name).convert("RGB")
+        image.thumbnail((size, size))
+        image.save(folder / f"{Path(name).stem}.png")
+    return sorted(f"{Path(name).stem}.png" for name in names)
+
+
+def _latest(key: str):
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key}"
+    return max(found, key=lambda artifact: artifact.created)
+
+
+def test_run_publishes_artifacts_and_keeps_going_past_bad_photos(
+        prefect_harness, tmp_path, official_testdata, u2netp_onnx):
+    uploads = tmp_path / "uploads"
+    _uploads(uploads, official_testdata, names=("girl.png", "hockey.png"))
+    (uploads / "notes.txt").write_text("not a photo")
+    params = MattingParams(input_uri=str(uploads), output_uri=str(tmp_path / "out"),
+                           model=str(u2netp_onnx), thumbnails=2)
+    result = matting_flow(params)
+    assert result["counts"] == {"ok": 2, "skipped": 0, "failed": 1}
+    assert Path(result["report"]).is_file()
+
+    summary = _latest(SUMMARY_KEY).data
+    assert '"ok": 2' in summary and '"failed": 1' in summary
+    letters = _latest(DEAD_LETTERS_KEY).data
+    assert "notes.txt" in letters and "not an image" in letters
+    thumbnails = _latest(THUMBNAILS_KEY).data
+    assert thumbnails.count("data:image/png;base64,") == 2
+
+    again = matting_flow(params)  # nothing new: everything skipped, bad photo still reported
+    assert again["counts"] == {"ok": 0, "skipped": 2, "failed": 1}
+
+
+def test_systemic_errors_fail_the_run_and_bad_photos_do_not():
+    letters = [{"key": "a.jpg", "stage": "inference", "reason": "model crashed"}]
+    with pytest.raises(RuntimeError, match="every photo failed at the model"):
+        check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 1}}, letters)
+    check_systemic({"counts": {"ok": 3, "skipped": 0, "failed": 1}}, letters)
+    decode = [{"key": "a.jpg", "stage": "decode", "reason": "empty file"}]
+    check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 1}}, decode)
+
+
+def test_unusable_model_fails_the_run(prefect_harness, tmp_path, official_testdata):
+    uploads = tmp_path / "uploads"
+    _uploads(uploads, official_testdata, names=("girl.png",))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    state = matting_flow(MattingParams(input_uri=str(uploads), output_uri=str(tmp_path / "out"),
+                                       model=str(broken)), return_state=True)
+    assert state.is_failed()
+
+
+def _flow_process(uploads: Path, out: Path, weights: Path, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)  # its own ephemeral API, as `make run`
+    return subprocess.Popen([sys.executable, "-m", "flows.matting_flow", str(uploads), str(out),
+                             "--model", str(weights)], cwd=REPO, env=env,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_killed_run_is_finished_by_the_next_run(tmp_path, official_testdata, u2netp_onnx):
+    """The drill for a worker dying mid-run: kill the flow's process, run the flow again."""
+    uploads, out = tmp_path / "uploads", tmp_path / "out"
+    keys = _uploads(uploads, official_testdata, size=160)
+    process = _flow_process(uploads, out, u2netp_onnx, tmp_path / "home")
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            done = len(list((out / "_state").rglob("*.json"))) if out.exists() else 0
+            if 1 <= done < len(keys):
+                break
+            assert process.poll() is None, f"ended before the kill:\n{process.stdout.read()}"
+            assert time.monotonic() < deadline, "no progress within 300 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    recorded = {p.relative_to(out / "_state").as_posix().removesuffix(".json")
+                for p in (out / "_state").rglob("*.json")}
+
+    rerun = _flow_process(uploads, out, u2netp_onnx, tmp_path / "home")
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output[-3000:]
+    assert "run report:" in output
+    report = Path(output.split("run report: ")[1].split()[0])
+    summary = json.loads(report.read_text())
+    assert summary["counts"]["skipped"] == len(recorded)
+    assert summary["counts"]["ok"] == len(keys) - len(recorded)
+    written = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert written == keys  # every photo exactly once, no temp files left
+    for key in keys:
+        with Image.open(out / key) as image:
+            image.load()
+            assert image.mode == "RGBA"
+
+
+def test_corrupted_champion_pointer_is_refused_and_the_last_champion_keeps_serving(
+        prefect_harness, tmp_path, official_testdata, u2netp_onnx):
+    from model.export import save_keras
+    from model.registry import Registry, RegistryError
+    from model.weights import import_onnx
+
+    registry = Registry(str(tmp_path / "registry"))
+    model_file = save_keras(import_onnx(u2netp_onnx, batch_norm=False), tmp_path / "m.keras")
+    version = registry.register(model_file, {"name": "official-lite"}, None)
+    registry.record_evaluation(version, "val", {"metrics": {"iou": 0.8}})
+    assert registry.promote(version, "val", "iou").promoted
+    (tmp_path / "registry" / "champion.json").write_text("{ truncated")
+
+    with pytest.raises(RegistryError):
+        registry.champion()  # refused, with the reason, not silently replaced
+    uploads = tmp_path / "uploads"
+    _uploads(uploads, official_testdata, names=("girl.png",))
+    result = matting_flow(MattingParams(input_uri=str(uploads), output_uri=str(tmp_path / "out"),
+                                        model="champion", registry_uri=str(registry.root)))
+    assert result["counts"]["ok"] == 1
+    summary = json.loads(Path(result["report"]).read_text())
+    assert summary["model_version"].startswith("model-md5:")  # the registry's model.keras
+    assert (tmp_path / "registry" / "champion.json").read_text() == "{ truncated"
