@@ -14,8 +14,9 @@ shard is read and written by one worker, so memory stays at about one shard.
 The same input gives byte-identical shards and manifest: records sorted by key, the shard plan
 a function of the listing, ``tf.train.Example`` serialised deterministically, no timestamps.
 
-"DirectRunner" (the default) runs Beam's in-process FnApiRunner: Beam 2.77's ``DirectRunner``
-name first tries the Prism runner, a Go binary it downloads on first use.
+"DirectRunner" (the default) runs Beam's in-process FnApiRunner (``pipelines.options.
+pinned_runner``): Beam 2.77's ``DirectRunner`` first tries the Prism runner, a Go binary it
+downloads on first use.
 """
 
 from __future__ import annotations
@@ -41,17 +42,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
 from model import data, imaging, preprocess
 from pipelines import arrange, p3m_layout
+from pipelines.options import pinned_runner
 from pipelines.p3m_layout import REASONS, SPLITS, Pair, Reject, join, validate
 
 FORMAT = "p3m-tfrecord/1"
 NAMESPACE = "ingest_p3m"
 DEFAULT_SHARD_MB = 150.0  # DESIGN.md §4: shards of ~100-200 MB
-LOCAL_RUNNER = "FnApiRunner"
 
 
 @dataclass(frozen=True)
@@ -239,15 +240,6 @@ def build(p: beam.Pipeline, options: IngestOptions) -> dict[str, beam.PCollectio
     return {"shards": written.shards, "rejects": rejects, "manifest": manifest}
 
 
-def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Beam options with "DirectRunner" (or none) mapped to the in-process FnApiRunner."""
-    options = PipelineOptions(list(beam_args))
-    standard = options.view_as(StandardOptions)
-    if standard.runner in (None, "DirectRunner"):
-        standard.runner = LOCAL_RUNNER
-    return options
-
-
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="P3M-10k root (holds train/ and validation/), or gs://")
     parser.add_argument("destination", help="output folder or gs:// prefix")
@@ -262,7 +254,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     _arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     options = IngestOptions(args.source, args.destination, int(args.shard_mb * 2**20))
-    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+    beam_options = PipelineOptions(list(beam_args))
+    with beam.Pipeline(runner=pinned_runner(beam_options), options=beam_options) as p:
         build(p, options)
     return json.loads(read_bytes(join(args.destination, "manifest.json")))
 

@@ -121,8 +121,10 @@ def test_cli_subcommands(synth, tmp_path, capsys):
 
 
 def test_direct_runner_is_pinned_to_the_in_process_runner():
-    assert ingest_p3m.pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
-    options = ingest_p3m.pipeline_options(["--runner", "DirectRunner"])
-    assert options.get_all_options()["runner"] == "FnApiRunner"
-    options = ingest_p3m.pipeline_options(["--runner", "DataflowRunner"])
-    assert options.get_all_options()["runner"] == "DataflowRunner"
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipelines.options import pinned_runner
+
+    assert isinstance(pinned_runner(PipelineOptions([])), FnApiRunner)
+    assert isinstance(pinned_runner(PipelineOptions(["--runner", "DirectRunner"])), FnApiRunner)
+    assert pinned_runner(PipelineOptions(["--runner", "DataflowRunner"])) is None
