@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from model.evaluate import evaluate_model, folder_examples
 from model.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_mask, parse_color, read_image
 from model.matting import Matter
 from model.metrics import METRIC_NAMES, evaluate, summarize
@@ -132,34 +133,37 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return {path.stem: path for path in list_inputs(folder)}
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    truths = _by_stem(Path(args.gt_dir))
-    if not truths:
-        raise SystemExit(f"matte eval: no masks in {args.gt_dir}")
-    predictions = Path(args.pred_or_model)
-    matter = None
-    if not predictions.is_dir():
-        if args.images is None:
-            raise SystemExit("matte eval: --images DIR is needed to evaluate a model")
-        args.model = args.pred_or_model if args.pred_or_model in ("lite", "full") else args.model
-        if args.pred_or_model not in ("lite", "full"):
-            args.weights = args.pred_or_model
-        matter = _load(args)
-    sources = _by_stem(Path(args.images) if matter else predictions)
+def _prediction_rows(predictions: Path, gt_dir: Path) -> list[dict]:
+    """Metrics of a folder of predicted mattes against masks with the same file stems."""
+    truths, sources = _by_stem(gt_dir), _by_stem(predictions)
     rows = []
     for stem in tqdm(sorted(truths), unit="img", desc="eval", file=sys.stderr):
         if stem not in sources:
-            print(f"  missing prediction/image for {stem}", file=sys.stderr)
+            print(f"  missing prediction for {stem}", file=sys.stderr)
             continue
         gt = decode_mask(truths[stem].read_bytes(), str(truths[stem])).astype(np.float32) / 255
-        if matter is not None:
-            probability = matter.predict_probabilities([read_image(sources[stem])])[0]
-        else:
-            raw = decode_mask(sources[stem].read_bytes(), str(sources[stem]))
-            probability = raw.astype(np.float32)[:, :, None] / 255
+        raw = decode_mask(sources[stem].read_bytes(), str(sources[stem]))
         # Compare at the ground truth's size: several datasets ship masks smaller than photos.
-        pred = np.asarray(alpha_to_size(probability, gt.shape))[:, :, 0]
-        rows.append({"key": stem, **evaluate(pred, gt)})
+        pred = np.asarray(alpha_to_size(raw.astype(np.float32)[:, :, None] / 255, gt.shape))
+        rows.append({"key": stem, **evaluate(pred[:, :, 0], gt)})
+    return rows
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    predictions, gt_dir = Path(args.pred_or_model), Path(args.gt_dir)
+    if predictions.is_dir():
+        rows = _prediction_rows(predictions, gt_dir)
+    else:
+        if args.images is None:
+            raise SystemExit("matte eval: --images DIR is needed to evaluate a model")
+        if args.pred_or_model in ("lite", "full"):
+            args.model = args.pred_or_model
+        else:
+            args.weights = args.pred_or_model
+        matter = _load(args)
+        # The model path at the model's own input size; `matte evaluate` has the P3M protocol.
+        rows = evaluate_model(matter.model, folder_examples(args.images, gt_dir),
+                              size=matter.size).rows
     if not rows:
         raise SystemExit("matte eval: no prediction matched a mask")
     if args.csv:
