@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -130,6 +131,10 @@ def demo_parameters(shared: Path, output: Path) -> dict:
                        "model": str(shared / "u2netp-onnx" / "u2netp.onnx")}}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "MATTE_TRAIN_CONFIG": "smoke", "MATTE_P3M_SOURCE": str(PROJECT_DIR / "data" / "p3m"),
         "MATTE_DATA_ROOT": str(PROJECT_DIR / "data" / "shards"),
         "MATTE_RUN_DIR": str(PROJECT_DIR / "runs" / "retrain")})
+    signal.signal(signal.SIGINT, _interrupt)  # Prefect's client may have replaced it
+    signal.signal(signal.SIGTERM, _interrupt)
     server = start_server(env, home / "server.log")
     worker = None
     try:
