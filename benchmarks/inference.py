@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
+from timing import median_seconds
 
 from model.onnx_export import export_onnx
 from model.u2net import build_u2net
@@ -32,18 +32,6 @@ def find_onnx(variant: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-def time_call(call, repeats: int) -> float:
-    """Median seconds of ``call()`` after two warm-up calls."""
-    call()
-    call()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def model_and_onnx(variant: str, scratch: Path) -> tuple[keras.Model, Path, str]:
@@ -64,13 +52,13 @@ def bench(variant: str, batch: int, repeats: int, scratch: Path) -> dict:
 
     model, onnx_path, source = model_and_onnx(variant, scratch)
     x = np.random.default_rng(0).normal(size=(batch, 320, 320, 3)).astype("float32")
-    ours = time_call(lambda: model.predict_on_batch(x), repeats)
+    ours = median_seconds(lambda: model.predict_on_batch(x), repeats, warmup=2)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     nchw = x.transpose(0, 3, 1, 2)
     # The official export has a fixed batch of 1: onnxruntime runs the batch image by image.
-    theirs = time_call(lambda: [session.run(None, {name: nchw[i:i + 1]})
-                                for i in range(batch)], repeats)
+    theirs = median_seconds(lambda: [session.run(None, {name: nchw[i:i + 1]})
+                                     for i in range(batch)], repeats, warmup=2)
     return {"variant": variant, "batch": batch, "ours_ips": batch / ours,
             "ort_ips": batch / theirs, "onnx": source}
 

@@ -14,27 +14,17 @@ import argparse
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import median_seconds
 
 from pipelines.arrange import arrange_p3m
 from pipelines.ingest_p3m import run
 
 P3M_PAIRS = 10_421
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def plain_copy(files: list[Path], root: Path, target: Path) -> None:
