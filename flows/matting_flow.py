@@ -28,6 +28,7 @@ from prefect.artifacts import (
 from pydantic import BaseModel, Field
 
 from flows.thumbnails import before_after_png
+from model.imaging import ImageError
 from model.registry import Registry, RegistryError
 from pipelines import matte_bucket
 from pipelines.options import new_run_id
@@ -36,6 +37,7 @@ from pipelines.storage import open_store
 SUMMARY_KEY = "matting-summary"
 DEAD_LETTERS_KEY = "matting-dead-letters"
 THUMBNAILS_KEY = "matting-thumbnails"
+PROGRESS_EVERY_S = 10.0
 SYSTEMIC_STAGES = {"inference", "write"}  # failing there for every photo is not the photos
 
 
@@ -61,20 +63,21 @@ def resolve_model(model: str, registry_uri: str) -> list[str]:
     if model != "champion":
         return ["--weights", model]
     registry = Registry(registry_uri)
+    # The model's URI (gs:// stays gs://, as Dataflow workers need); the pipeline downloads it.
     try:
-        path = registry.local_model()
+        uri = registry.model_uri()
     except RegistryError as error:
         fallback = registry.last_good_champion()
         if fallback is None:
             raise
         get_run_logger().error("champion pointer refused (%s); serving the previous "
                                "champion %s", error, fallback)
-        path = registry.local_model(fallback)
-    return ["--weights", str(path)]
+        uri = registry.model_uri(fallback)
+    return ["--weights", uri]
 
 
-def _count_inputs(input_uri: str) -> int:
-    return sum(1 for _ in open_store(input_uri).list())
+def _count(uri: str) -> int:
+    return sum(1 for _ in open_store(uri).list())
 
 
 @task
@@ -87,15 +90,17 @@ def run_pipeline(params: MattingParams, model_args: list[str], run_id: str) -> s
         argv.append("--only-mask")
     if params.bgcolor:
         argv += ["--bgcolor", params.bgcolor]
-    total = max(_count_inputs(params.input_uri), 1)
+    # Progress = state records (one per finished photo) added since the start, over the
+    # inputs; only the _state/ prefix is listed, not the whole output bucket.
+    state_uri = f"{params.output_uri.rstrip('/')}/_state"
+    total, before = max(_count(params.input_uri), 1), _count(state_uri)
     progress = create_progress_artifact(0.0, key="matting-progress",
                                         description=f"run {run_id}")
     finished = threading.Event()
 
     def follow() -> None:
-        out = open_store(params.output_uri)
-        while not finished.wait(3.0):
-            done = sum(1 for info in out.list() if info.key.startswith("_state/"))
+        while not finished.wait(PROGRESS_EVERY_S):
+            done = _count(state_uri) - before
             update_progress_artifact(progress, min(100.0, 100.0 * done / total))
 
     follower = threading.Thread(target=follow, daemon=True)
@@ -144,7 +149,11 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
              f"`{summary['model_version']}`.", ""]
     source, out = open_store(params.input_uri), open_store(params.output_uri)
     for record in [r for r in records if r["status"] == "ok"][:params.thumbnails]:
-        png = before_after_png(source.read(record["key"]), out.read(record["output"]))
+        try:
+            png = before_after_png(source.read(record["key"]), out.read(record["output"]))
+        except (*matte_bucket.IO_ERRORS, ImageError) as error:  # e.g. deleted since the run
+            get_run_logger().warning("no thumbnail for %s: %s", record["key"], error)
+            continue
         data = base64.b64encode(png).decode()
         lines += [f"**{record['key']}**", "", f"![{record['key']}](data:image/png;base64,{data})",
                   ""]
@@ -154,8 +163,10 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
 
 
 def check_systemic(summary: dict, letters: list[dict]) -> None:
-    """Raise when the failures say the system, not the photos, is broken."""
-    if summary["counts"]["ok"] == 0 and letters and all(
+    """Raise when the failures say the system, not the photos, is broken: nothing matted or
+    already done, and several photos all failing at the model or write stage."""
+    counts = summary["counts"]
+    if counts["ok"] == 0 and counts["skipped"] == 0 and len(letters) > 1 and all(
         letter["stage"] in SYSTEMIC_STAGES for letter in letters
     ):
         raise RuntimeError(f"every photo failed at the model or write stage "

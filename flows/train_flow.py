@@ -118,10 +118,12 @@ def _seed_baseline(registry: Registry, weights: str, run_dir: str) -> str:
 @flow(name="train-u2net")
 def train_flow(params: TrainFlowParams) -> dict:
     """Train, evaluate against the champion on the same data, promote if better."""
-    if not tf.io.gfile.exists(f"{params.data_root.rstrip('/')}/manifest.json"):
-        if params.source is None:
-            raise ValueError(f"{params.data_root} is not ingested and no source was given")
+    # With a source, ingest every time: new labels are why a retrain runs, and ingestion is
+    # deterministic and idempotent (unchanged data gives the same shards and manifest hash).
+    if params.source is not None:
         ingest_flow(params.source, params.data_root)
+    elif not tf.io.gfile.exists(f"{params.data_root.rstrip('/')}/manifest.json"):
+        raise ValueError(f"{params.data_root} is not ingested and no source was given")
     config = load_config(params.config, {**params.overrides, "data_root": params.data_root})
     if not config.validation_split:
         raise ValueError(f"config {config.name!r} has no validation_split to evaluate on")

@@ -86,7 +86,8 @@ def _is_done(source: Path, target: Path) -> bool:
 
 def cmd_folder(args: argparse.Namespace) -> int:
     options = _options(args)
-    root, out_root = Path(args.input), Path(args.output)
+    # Resolved, so an output folder inside the input folder is recognised and never re-read.
+    root, out_root = Path(args.input).resolve(), Path(args.output)
     if not root.is_dir():
         raise SystemExit(f"matte p: input folder not found: {root}")
     counts = {"ok": 0, "skipped": 0, "failed": 0}
@@ -116,10 +117,14 @@ def cmd_folder(args: argparse.Namespace) -> int:
                     failures.append((key, error.reason))
                     progress.update()
             alphas = matter.predict_alpha([image for _, _, image in batch])
-            for (_, target, image), alpha in zip(batch, alphas, strict=True):
-                write_atomic(target, render(image, alpha, options))
-                counts["ok"] += 1
+            for (key, target, image), alpha in zip(batch, alphas, strict=True):
                 progress.update()
+                try:
+                    write_atomic(target, render(image, alpha, options))
+                except OSError as error:  # disk full, permissions: this photo, not the run
+                    failures.append((key, f"cannot write {target}: {error}"))
+                    continue
+                counts["ok"] += 1
 
     counts["failed"] = len(failures)
     print(f"ok: {counts['ok']}  skipped: {counts['skipped']}  failed: {counts['failed']}"
@@ -141,8 +146,13 @@ def _prediction_rows(predictions: Path, gt_dir: Path) -> list[dict]:
         if stem not in sources:
             print(f"  missing prediction for {stem}", file=sys.stderr)
             continue
-        gt = decode_mask(truths[stem].read_bytes(), str(truths[stem])).astype(np.float32) / 255
-        raw = decode_mask(sources[stem].read_bytes(), str(sources[stem]))
+        try:
+            gt = decode_mask(truths[stem].read_bytes(), str(truths[stem]))
+            raw = decode_mask(sources[stem].read_bytes(), str(sources[stem]))
+        except (ImageError, OSError) as error:
+            print(f"  skipped {stem}: {error}", file=sys.stderr)
+            continue
+        gt = gt.astype(np.float32) / 255
         # Compare at the ground truth's size: several datasets ship masks smaller than photos.
         pred = np.asarray(alpha_to_size(raw.astype(np.float32)[:, :, None] / 255, gt.shape))
         rows.append({"key": stem, **evaluate(pred[:, :, 0], gt)})
@@ -160,6 +170,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.model = args.pred_or_model
         else:
             args.weights = args.pred_or_model
+        if args.official_normalization:
+            raise SystemExit("matte eval: --official-normalization changes cut-outs only; "
+                             "evaluation scores the model's raw probability")
         matter = _load(args)
         # The model path at the model's own input size; `matte evaluate` has the P3M protocol.
         rows = evaluate_model(matter.model, folder_examples(args.images, gt_dir),

@@ -121,12 +121,12 @@ def variant_of(convs: list[tuple[np.ndarray, np.ndarray]]) -> str:
     raise WeightsError(f"not an official U²-Net export: {len(convs)} convs, stage1 width {mid}")
 
 
-def load_onnx_weights(model: keras.Model, path: str | os.PathLike, variant: str) -> None:
+def load_onnx_weights(model: keras.Model, convs: list[tuple[np.ndarray, np.ndarray]],
+                      variant: str) -> None:
     """Copy the ONNX convs into ``model``; BN layers become identity (the export folded them)."""
-    convs = read_onnx_convs(path)
     names = conv_names(variant)
     if len(convs) != len(names):
-        raise WeightsError(f"{path}: {len(convs)} convs, the {variant} model has {len(names)}")
+        raise WeightsError(f"{len(convs)} ONNX convs, the {variant} model has {len(names)}")
     for name, (weight, bias) in zip(names, convs, strict=True):
         layer = model.get_layer(name)
         kernel = np.transpose(weight, (2, 3, 1, 0))  # OIHW -> HWIO
@@ -151,8 +151,9 @@ def import_onnx(
     ``batch_norm=True`` (for fine-tuning) keeps identity BN layers; ``False`` builds the
     inference form, which is exactly the exported graph.
     """
-    variant = variant_of(read_onnx_convs(path))
+    convs = read_onnx_convs(path)  # parsed once: the full export is 176 MB
+    variant = variant_of(convs)
     shape = (input_size, input_size, 3)
     model = build_u2net(variant, shape, name=f"u2net_{variant}_official", batch_norm=batch_norm)
-    load_onnx_weights(model, path, variant)
+    load_onnx_weights(model, convs, variant)
     return model

@@ -27,7 +27,9 @@ from google.api_core.exceptions import GoogleAPIError
 from model.outputs import OutputOptions, output_key, write_atomic
 
 RESERVED_PREFIXES = ("_runs", "_state")  # run records live here, beside the outputs
-MAX_SEGMENT_BYTES = 255  # the usual file-system limit on one path component
+# The usual file-system limit on one path component (255) less what is added to an output's
+# name on disk: write_atomic's temp affixes ("." + ".xxxxxxxx.tmp") and the state's ".json".
+MAX_SEGMENT_BYTES = 255 - len("..xxxxxxxx.tmp") - len(".json")
 # model.outputs.write_atomic's temp names: ".<name>.<8 random chars>.tmp" beside the target.
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 

@@ -138,3 +138,27 @@ def test_export_to_onnx_and_keras_then_matte_with_it(u2netp_onnx, photos, tmp_pa
     a = np.asarray(Image.open(official)).astype(int)
     b = np.asarray(Image.open(exported)).astype(int)
     assert np.abs(a - b).max() <= 1  # same model through .keras: at most one level of rounding
+
+
+def test_output_inside_input_with_relative_paths_is_never_reread(
+        photos, u2netp_onnx, capsys, monkeypatch):
+    monkeypatch.chdir(photos.parent)
+    args = ["p", "in", "in/cutouts", "--weights", str(u2netp_onnx)]
+    main(args)
+    first = capsys.readouterr().out
+    assert "ok: 3" in first
+    main(args)
+    second = capsys.readouterr().out
+    assert "ok: 0  skipped: 3  failed: 3" in second  # the cut-outs were not taken as inputs
+    assert not (photos / "cutouts" / "cutouts").exists()
+
+
+def test_a_write_failure_is_reported_and_the_run_goes_on(photos, u2netp_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "girl.png").mkdir(parents=True)  # a folder where the cut-out should go
+    code = main(["p", str(photos), str(out), "--weights", str(u2netp_onnx)])
+    report = capsys.readouterr().out
+    assert code == 1
+    assert "ok: 2  skipped: 0  failed: 4" in report
+    assert "failed girl.png: cannot write" in report
+    assert (out / "im_14.png").is_file()

@@ -69,12 +69,15 @@ def test_run_publishes_artifacts_and_keeps_going_past_bad_photos(
 
 
 def test_systemic_errors_fail_the_run_and_bad_photos_do_not():
-    letters = [{"key": "a.jpg", "stage": "inference", "reason": "model crashed"}]
+    letters = [{"key": f"{name}.jpg", "stage": "inference", "reason": "model crashed"}
+               for name in "ab"]
     with pytest.raises(RuntimeError, match="every photo failed at the model"):
-        check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 1}}, letters)
-    check_systemic({"counts": {"ok": 3, "skipped": 0, "failed": 1}}, letters)
-    decode = [{"key": "a.jpg", "stage": "decode", "reason": "empty file"}]
-    check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 1}}, decode)
+        check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 2}}, letters)
+    check_systemic({"counts": {"ok": 3, "skipped": 0, "failed": 2}}, letters)
+    check_systemic({"counts": {"ok": 0, "skipped": 5, "failed": 2}}, letters)  # quiet night
+    check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 1}}, letters[:1])  # one photo
+    decode = [{"key": f"{name}.jpg", "stage": "decode", "reason": "empty file"} for name in "ab"]
+    check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 2}}, decode)
 
 
 def test_unusable_model_fails_the_run(prefect_harness, tmp_path, official_testdata):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from google.api_core.exceptions import PreconditionFailed
 
-from model.outputs import OutputOptions
+from model.outputs import OutputOptions, write_atomic
 from pipelines import storage
 from pipelines.storage import (
     GcsStore,
@@ -42,7 +42,7 @@ def test_ordinary_keys_are_accepted(key):
     ("tab\tname.jpg", "control characters"),
     ("_runs/x/manifest.jsonl", "reserved"),
     ("_state/a.png.json", "reserved"),
-    ("x" * 256 + ".jpg", "longer than 255 bytes"),
+    ("x" * 233 + ".jpg", "longer than 236 bytes"),
 ])
 def test_unsafe_keys_are_refused_with_a_reason(key, reason):
     with pytest.raises(UnsafeKeyError) as raised:
@@ -191,3 +191,13 @@ def test_localize_downloads_gcs_weights_once_per_generation(gcs_emulator, tmp_pa
     assert localize("gs://weights-test/m/model.keras", cache=tmp_path).read_bytes() == b"v2"
     assert localize(str(tmp_path / "local.onnx")) == Path(tmp_path / "local.onnx")
     assert storage.is_gcs("gs://b") and not storage.is_gcs("/gs:/b")
+
+
+def test_the_longest_accepted_name_can_be_written_with_its_temp_and_state_files(tmp_path):
+    from pipelines.storage import MAX_SEGMENT_BYTES
+
+    name = "x" * (MAX_SEGMENT_BYTES - len(".png")) + ".png"
+    assert check_key(name) == name
+    write_atomic(tmp_path / name, b"cut-out")  # its temp name is 14 bytes longer
+    write_atomic(tmp_path / (name + ".json"), b"{}")  # the state record beside it
+    assert (tmp_path / name).read_bytes() == b"cut-out"
