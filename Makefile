@@ -41,8 +41,7 @@ run: $(STAMP)
 server: $(STAMP)
 	$(BIN)/python -m flows.local_stack up --port 4200 --shared "$(SHARED)"
 
-test: $(STAMP) browser
-	$(BIN)/ruff check model pipelines flows tests benchmarks
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

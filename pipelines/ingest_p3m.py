@@ -49,6 +49,7 @@ from model import data, imaging, preprocess
 from pipelines import arrange, p3m_layout
 from pipelines.options import pinned_runner
 from pipelines.p3m_layout import REASONS, SPLITS, Pair, Reject, join, validate
+from pipelines.storage import is_hidden
 
 FORMAT = "p3m-tfrecord/1"
 NAMESPACE = "ingest_p3m"
@@ -75,7 +76,7 @@ def _route(entry: tuple[str, int]) -> Iterator:
     """A listed file is hidden, outside the layout, or part of a (split, stem) group."""
     relative, size = entry
     Metrics.counter(NAMESPACE, "files_listed").inc()
-    if p3m_layout.is_hidden(relative):
+    if is_hidden(relative):
         yield TaggedOutput("ignored", relative)
     elif (place := p3m_layout.classify(relative)) is None:
         yield TaggedOutput("rejects", p3m_layout.unexpected(relative))

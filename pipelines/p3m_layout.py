@@ -126,10 +126,6 @@ def list_files(root: str) -> Iterator[tuple[str, int]]:
             yield os.path.relpath(path, root).replace(os.sep, "/"), size
 
 
-def is_hidden(relative: str) -> bool:
-    return any(part.startswith(".") for part in relative.split("/"))
-
-
 def classify(relative: str) -> tuple[str, str, str] | None:
     """``(split, role, stem)`` of a file in the layout, or None for a file outside it."""
     folder, _, name = relative.rpartition("/")

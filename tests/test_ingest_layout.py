@@ -7,6 +7,7 @@ import pytest
 
 from pipelines import p3m_layout as layout
 from pipelines.p3m_layout import Pair, Record, Reject
+from pipelines.storage import is_hidden
 from tests.p3m_synth import encode, matte, photo, trimap_of
 
 RNG = np.random.default_rng(0)
@@ -41,7 +42,7 @@ def test_hidden_files_and_dangling_links_are_listed(tmp_path):
     (tmp_path / "train" / "mask" / "b.png").symlink_to(tmp_path / "missing.png")
     listed = dict(layout.list_files(str(tmp_path)))
     assert listed == {"train/mask/a.png": 5, ".git/HEAD": 1, "train/mask/b.png": 0}
-    assert layout.is_hidden(".git/HEAD") and not layout.is_hidden("train/mask/a.png")
+    assert is_hidden(".git/HEAD") and not is_hidden("train/mask/a.png")
     with pytest.raises(FileNotFoundError):
         list(layout.list_files(str(tmp_path / "nope")))
 
