@@ -28,6 +28,7 @@ import numpy as np
 from model.imaging import decode_mask, read_image
 from model.matting import Matter
 from model.metrics import METRIC_NAMES, evaluate, summarize
+from model.outputs import write_atomic
 from model.preprocess import alpha_to_size, normalize, resize
 
 MAX_SIDE = 1600
@@ -136,7 +137,8 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, info: dict) -> 
         writer.writerows(result.rows)
     document = {**info, "protocol": result.protocol, "images": len(result.rows),
                 "metrics": result.summary}
-    paths["summary"].write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    # Atomic: promotion reads this file, possibly while a re-evaluation rewrites it.
+    write_atomic(paths["summary"], (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     return paths
 
 

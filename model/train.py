@@ -33,6 +33,7 @@ import tensorflow as tf
 from model.configs import TrainConfig, load_config, parse_override
 from model.export import save_keras
 from model.losses import deep_supervision_loss
+from model.outputs import write_atomic
 from model.u2net import build_u2net
 from model.weights import import_onnx, resolve_weights
 
@@ -137,9 +138,7 @@ def tfrecord_epochs(config: TrainConfig, global_batch: int) -> tuple[EpochData, 
 
 
 def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
 def save_checkpoint(model: keras.Model, run_dir: Path, state: TrainState, keep: int) -> Path:
