@@ -81,3 +81,15 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+def latest_artifact(key: str):
+    """The newest Prefect artifact with ``key`` on the current API (fails if there is none)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key}"
+    return max(found, key=lambda artifact: artifact.created)

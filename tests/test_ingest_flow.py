@@ -13,18 +13,9 @@ from tests.p3m_synth import make_p3m
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from prefect.client.orchestration import get_client  # noqa: E402
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey  # noqa: E402
 
 from flows.ingest_flow import COUNTS_KEY, REJECTS_KEY, SUMMARY_KEY, ingest_flow  # noqa: E402
-
-
-def _latest(key: str):
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert artifacts, f"no artifact {key}"
-    return max(artifacts, key=lambda artifact: artifact.created)
+from tests.conftest import latest_artifact  # noqa: E402
 
 
 def test_flow_runs_the_pipeline_and_publishes_artifacts(prefect_harness, tmp_path):
@@ -36,13 +27,13 @@ def test_flow_runs_the_pipeline_and_publishes_artifacts(prefect_harness, tmp_pat
     assert (tmp_path / "out" / "manifest.json").is_file()
 
     # Prefect stores a table artifact's rows as a JSON string.
-    counts = {row["split"]: row for row in json.loads(_latest(COUNTS_KEY).data)}
+    counts = {row["split"]: row for row in json.loads(latest_artifact(COUNTS_KEY).data)}
     assert counts["train"]["pairs"] == len(synth.accepted["train"])
     assert counts["P3M-500-P"]["rejected"] == 1 and counts["(outside the layout)"]["rejected"] == 1
     rejects = {(row["split"], row["key"]): row["reason"]
-               for row in json.loads(_latest(REJECTS_KEY).data)}
+               for row in json.loads(latest_artifact(REJECTS_KEY).data)}
     assert rejects == synth.rejects
-    summary = _latest(SUMMARY_KEY).data
+    summary = latest_artifact(SUMMARY_KEY).data
     assert summary.startswith(f"# P3M ingestion: {result['pairs']} pairs")
     assert "duplicate_stem 1" in summary and "| P3M-500-NP |" in summary
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.matting_flow import (
     DEAD_LETTERS_KEY,
@@ -23,6 +21,7 @@ from flows.matting_flow import (
     check_systemic,
     matting_flow,
 )
+from tests.conftest import latest_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("0002-01.jpg", "0003.jpg", "girl.png", "hockey.png", "im_01.png", "im_14.png",
@@ -38,14 +37,6 @@ def _uploads(folder: Path, testdata: Path, names=PHOTOS, size: int = 128) -> lis
     return sorted(f"{Path(name).stem}.png" for name in names)
 
 
-def _latest(key: str):
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key}"
-    return max(found, key=lambda artifact: artifact.created)
-
-
 def test_run_publishes_artifacts_and_keeps_going_past_bad_photos(
         prefect_harness, tmp_path, official_testdata, u2netp_onnx):
     uploads = tmp_path / "uploads"
@@ -57,11 +48,11 @@ def test_run_publishes_artifacts_and_keeps_going_past_bad_photos(
     assert result["counts"] == {"ok": 2, "skipped": 0, "failed": 1}
     assert Path(result["report"]).is_file()
 
-    summary = _latest(SUMMARY_KEY).data
+    summary = latest_artifact(SUMMARY_KEY).data
     assert '"ok": 2' in summary and '"failed": 1' in summary
-    letters = _latest(DEAD_LETTERS_KEY).data
+    letters = latest_artifact(DEAD_LETTERS_KEY).data
     assert "notes.txt" in letters and "not an image" in letters
-    thumbnails = _latest(THUMBNAILS_KEY).data
+    thumbnails = latest_artifact(THUMBNAILS_KEY).data
     assert thumbnails.count("data:image/png;base64,") == 2
 
     again = matting_flow(params)  # nothing new: everything skipped, bad photo still reported
