@@ -1,11 +1,9 @@
-"""What a matting run writes for one photo, shared by the CLI and the Beam pipeline."""
+"""What a matting run writes for one photo (bytes, key): shared by the CLI and the pipeline."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -45,16 +43,3 @@ def output_key(relative_key: str, options: OutputOptions) -> str:
     """``a/b/photo.jpg`` -> ``a/b/photo.png`` (or ``.jpg``): same relative key, new extension."""
     stem, _ = os.path.splitext(relative_key)
     return stem + options.extension
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

@@ -1,4 +1,4 @@
-"""pipelines/storage.py: safe keys, local folders and gs:// (against gcp-storage-emulator)."""
+"""The storage home: safe keys, hostile folders, local folders and gs:// (gcp-storage-emulator)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from google.api_core.exceptions import PreconditionFailed
 
-from model.outputs import OutputOptions, write_atomic
-from pipelines import storage
-from pipelines.storage import (
+import storage
+from model.outputs import OutputOptions
+from pipelines.planner import output_for
+from storage import (
     GcsStore,
     LocalStore,
     UnsafeKeyError,
@@ -19,8 +20,8 @@ from pipelines.storage import (
     check_key,
     crc32c,
     localize,
-    output_for,
     relative_location,
+    write_atomic,
 )
 
 
@@ -76,7 +77,9 @@ def test_local_store_lists_writes_and_stats(tmp_path):
         (root / name).write_bytes(b"data")
     store = LocalStore(str(root))
     keys = [info.key for info in store.list(exclude="out")]
-    assert keys == [".hidden.jpg", "a.jpg", "b dir/2.jpg"]  # hidden dirs pruned, out excluded
+    assert keys == ["a.jpg", "b dir/2.jpg"]  # hidden names skipped, out excluded
+    with_hidden = [info.key for info in store.list(exclude="out", hidden=True)]
+    assert with_hidden == [".git/config", ".hidden.jpg", "a.jpg", "b dir/2.jpg"]
 
     written = store.write("new/deep é/file.png", b"12345")
     assert written.size == 5 and (root / "new/deep é/file.png").read_bytes() == b"12345"
@@ -194,10 +197,63 @@ def test_localize_downloads_gcs_weights_once_per_generation(gcs_emulator, tmp_pa
 
 
 def test_the_longest_accepted_name_can_be_written_with_its_temp_and_state_files(tmp_path):
-    from pipelines.storage import MAX_SEGMENT_BYTES
+    from storage import MAX_SEGMENT_BYTES
 
     name = "x" * (MAX_SEGMENT_BYTES - len(".png")) + ".png"
     assert check_key(name) == name
     write_atomic(tmp_path / name, b"cut-out")  # its temp name is 14 bytes longer
     write_atomic(tmp_path / (name + ".json"), b"{}")  # the state record beside it
     assert (tmp_path / name).read_bytes() == b"cut-out"
+
+
+def test_hostile_folders_list_the_good_files_and_refuse_each_bad_entry(tmp_path):
+    root, outside = tmp_path / "in", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"secret")
+    (root / "a.jpg").write_bytes(b"a")
+    (root / "sub" / "b.jpg").write_bytes(b"b")
+    os.symlink("loop", root / "loop")  # ln -s loop loop
+    os.symlink("missing.jpg", root / "dangling.jpg")
+    os.symlink(outside / "secret.jpg", root / "escape.jpg")
+    os.symlink(outside, root / "escape_dir")
+    os.symlink("a.jpg", root / "inside.jpg")  # followed: it stays inside the root
+    os.symlink(".", root / "sub" / "again")  # a folder already listed: refused, no loop
+    os.mkfifo(root / "pipe")
+    (root / os.fsdecode(b"bad\xffname.jpg")).write_bytes(b"x")
+    entries = list(LocalStore(str(root)).scan())
+    good = [e.key for e in entries if isinstance(e, storage.ObjectInfo)]
+    refused = {e.key: e.reason for e in entries if isinstance(e, storage.Refused)}
+    assert good == ["a.jpg", "inside.jpg", "sub/b.jpg"]
+    assert refused == {
+        "loop": "symlink loop", "dangling.jpg": "dangling symlink",
+        "escape.jpg": "symlink leads outside the folder",
+        "escape_dir": "symlink leads outside the folder",
+        "sub/again": "symlink to a folder that is listed already",
+        "pipe": "not a regular file",
+        os.fsdecode(b"bad\xffname.jpg"): "the name is not valid UTF-8",
+    }
+    assert [info.key for info in LocalStore(str(root)).list()] == good
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder: EACCES cannot happen")
+def test_an_unreadable_folder_is_refused_and_the_rest_listed(tmp_path):
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "ok.jpg").write_bytes(b"ok")
+    (tmp_path / "locked").chmod(0)
+    try:
+        entries = list(LocalStore(str(tmp_path)).scan())
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert [e.key for e in entries] == ["locked", "ok.jpg"]
+    assert entries[0].reason.startswith("cannot read folder")
+
+
+def test_uri_helpers_read_write_and_test_files(tmp_path):
+    target = tmp_path / "deep" / "f.json"
+    storage.write_bytes(str(target), b"{}")
+    assert storage.exists(str(target)) and storage.read_bytes(str(target)) == b"{}"
+    assert not storage.exists(str(tmp_path / "nope.json"))
+    assert storage.join("gs://b/p/", "k") == "gs://b/p/k"
+    assert storage.split_uri("gs://b/p/k.json") == ("gs://b/p", "k.json")

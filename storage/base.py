@@ -1,0 +1,28 @@
+"""What a store hands out: listed objects, refused listing entries, and its write conflict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object; ``version`` changes whenever its content may have changed."""
+
+    key: str
+    size: int
+    version: str  # "mtime_ns:<n>" for files, "generation:<n>" for GCS objects
+    generation: int = 0  # GCS generation, the precondition for replacing it; 0 for files
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A listing entry that is not readable data (loop, dangling or escaping link, EACCES,
+    a name that is not UTF-8): the caller records it with ``reason`` and goes on."""
+
+    key: str
+    reason: str
+
+
+class WriteConflict(RuntimeError):
+    """Another writer replaced the object after this one planned to write it."""
