@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+import storage
 from model.losses import repeat_label
 from model.preprocess import MODEL_SIZE, alpha_to_size, normalize, preprocess, resize
 
@@ -64,8 +65,12 @@ def encode_example(*, key: str, split: str, image: bytes, orientation: int, heig
 
 
 def read_manifest(root: str) -> dict:
-    with tf.io.gfile.GFile(f"{root.rstrip('/')}/manifest.json", "rb") as handle:
-        return json.loads(handle.read())
+    """The dataset's ``manifest.json``, through the storage home like every other file read.
+
+    The shards it lists are not: tf.data streams them itself (TFRecordDataset reads local
+    files and gs:// alike, record by record, which a whole-object read could not).
+    """
+    return json.loads(storage.read_bytes(storage.join(root, "manifest.json")))
 
 
 def shard_files(root: str, split: str) -> list[str]:

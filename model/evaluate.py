@@ -8,16 +8,15 @@ convolutional and takes that size as is; its alpha is resized back to the ground
 runs the model at S×S, the official U²-Net demo protocol.
 
 Inputs are an ingested split (``model/data.py``) or a folder of photos and one of masks paired
-by stem. Outputs: ``per_image.csv`` and ``summary.json``.
+by stem, or (``evaluate_predictions``) a folder of mattes some model already made. Outputs:
+``per_image.csv`` and ``summary.json``. The command is ``matte evaluate`` (``cli.evaluation``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from model.imaging import decode_mask, read_image
-from model.matting import Matter
+from model.imaging import decode_image, decode_mask
 from model.metrics import METRIC_NAMES, evaluate, summarize
-from model.outputs import write_atomic
 from model.preprocess import alpha_to_size, normalize, resize
+from storage import open_store, write_atomic
 
 MAX_SIDE = 1600
 MULTIPLE = 32
@@ -104,18 +102,40 @@ def evaluate_model(model: keras.Model, examples: Iterable[Example], *, max_side:
     return result
 
 
-def folder_examples(images: str | os.PathLike, masks: str | os.PathLike) -> Iterator[Example]:
-    """Photos and masks paired by file stem, in stem order; unpaired files are skipped."""
-    def by_stem(folder: str | os.PathLike) -> dict[str, Path]:
-        return {path.stem: path for path in sorted(Path(folder).iterdir())
-                if path.is_file() and not path.name.startswith(".")}
+def files_by_stem(uri: str | os.PathLike) -> dict[str, str]:
+    """Every file below a folder (or gs:// prefix) by its key without extension, so photos,
+    masks and predictions pair by relative path whatever their formats."""
+    return {os.path.splitext(info.key)[0]: info.key for info in open_store(uri).list()}
 
-    photos, truths = by_stem(images), by_stem(masks)
+
+def folder_examples(images: str | os.PathLike, masks: str | os.PathLike) -> Iterator[Example]:
+    """Photos and masks paired by stem, in stem order; unpaired files are skipped."""
+    photos, truths = files_by_stem(images), files_by_stem(masks)
     if not set(photos) & set(truths):
         raise ValueError(f"no photo in {images} has a mask with the same stem in {masks}")
+    photo_store, mask_store = open_store(images), open_store(masks)
     for stem in sorted(set(photos) & set(truths)):
-        alpha = decode_mask(truths[stem].read_bytes(), str(truths[stem]))
-        yield Example(stem, read_image(photos[stem]), alpha)
+        alpha = decode_mask(mask_store.read(truths[stem]), truths[stem])
+        yield Example(stem, decode_image(photo_store.read(photos[stem]), photos[stem]), alpha)
+
+
+def evaluate_predictions(predictions: str | os.PathLike,
+                         masks: str | os.PathLike) -> EvalResult:
+    """Metrics of a folder of predicted mattes against masks with the same stems, compared at
+    the mask's size (several datasets ship masks smaller than their photos)."""
+    result = EvalResult("predictions")
+    truths, sources = files_by_stem(masks), files_by_stem(predictions)
+    truth_store, prediction_store = open_store(masks), open_store(predictions)
+    for stem in sorted(truths):
+        if stem not in sources:
+            raise ValueError(f"no prediction for {truths[stem]} in {predictions}")
+        gt = decode_mask(truth_store.read(truths[stem]), truths[stem]).astype(np.float32) / 255
+        raw = decode_mask(prediction_store.read(sources[stem]), sources[stem])
+        pred = np.asarray(alpha_to_size(raw.astype(np.float32)[:, :, None] / 255, gt.shape))
+        result.rows.append({"key": stem, **evaluate(pred[:, :, 0], gt)})
+    if not result.rows:
+        raise ValueError(f"no mask found in {masks}")
+    return result
 
 
 def split_examples(root: str, split: str) -> Iterator[Example]:
@@ -140,37 +160,3 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, info: dict) -> 
     # Atomic: promotion reads this file, possibly while a re-evaluation rewrites it.
     write_atomic(paths["summary"], (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     return paths
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    if bool(args.data) == bool(args.images):
-        raise ValueError("give either --data ROOT --split NAME or --images DIR --masks DIR")
-    official = args.model in ("lite", "full")
-    matter = Matter.load(args.model if official else "lite", None if official else args.model)
-    if args.data:
-        examples, source = split_examples(args.data, args.split), f"{args.data}#{args.split}"
-    else:
-        if not args.masks:
-            raise ValueError("--images needs --masks")
-        examples, source = folder_examples(args.images, args.masks), args.images
-    result = evaluate_model(matter.model, examples, max_side=args.max_side, size=args.size)
-    paths = write_report(result, args.out, {"model": matter.version, "data": source})
-    print(f"{len(result.rows)} images, {result.protocol} -> {paths['summary']}")
-    for name, value in result.summary.items():
-        print(f"{name:>10} {value:.4f}", file=sys.stdout)
-    return 0
-
-
-def add_cli(commands: argparse._SubParsersAction) -> None:
-    """``matte evaluate MODEL (--data ROOT --split S | --images DIR --masks DIR) --out DIR``."""
-    parser = commands.add_parser("evaluate", help="P3M metrics of a model, per image + summary")
-    parser.add_argument("model", help="lite | full (official weights) | PATH.keras | PATH.onnx")
-    parser.add_argument("--data", help="ingested TFRecords root")
-    parser.add_argument("--split", default="P3M-500-P", help="split of --data")
-    parser.add_argument("--images", help="folder of photos (instead of --data)")
-    parser.add_argument("--masks", help="folder of masks, paired with --images by stem")
-    parser.add_argument("--out", required=True, help="writes per_image.csv and summary.json")
-    parser.add_argument("--max-side", type=int, default=MAX_SIDE,
-                        help="P3M rule: longest side at most this, sides multiples of 32")
-    parser.add_argument("--size", type=int, help="run at SIZE×SIZE instead (official demo)")
-    parser.set_defaults(handler=cmd_evaluate)

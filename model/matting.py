@@ -13,7 +13,7 @@ import numpy as np
 
 from model.export import fold_batch_norm, load_keras
 from model.preprocess import MODEL_SIZE, alpha_to_size, min_max, preprocess
-from model.weights import import_onnx, md5sum, resolve_weights
+from model.weights import import_onnx, resolve_weights, weights_version
 
 
 @dataclass
@@ -38,8 +38,7 @@ class Matter:
             model = fold_batch_norm(load_keras(path))
         else:
             model = import_onnx(path, batch_norm=False)
-        version = f"{path.stem}-md5:{md5sum(path)[:12]}"
-        return cls(model, version, official_normalization=official_normalization)
+        return cls(model, weights_version(path), official_normalization=official_normalization)
 
     def predict_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """The fused map at model resolution, N×S×S×1 float32, for HxWx3 uint8 photos."""

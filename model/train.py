@@ -17,7 +17,6 @@ Layout of a run folder: ``config.json``, ``checkpoints/{latest.json, ckpt-<step>
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -30,12 +29,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from model.configs import TrainConfig, load_config, parse_override
+from model.configs import TrainConfig
 from model.export import save_keras
 from model.losses import deep_supervision_loss
-from model.outputs import write_atomic
 from model.u2net import build_u2net
 from model.weights import import_onnx, resolve_weights
+from storage import write_atomic
 
 EpochData = Callable[[int], tf.data.Dataset]  # epoch index -> that epoch's (image, labels)
 # Fields that may change between a run and its resume: none of them changes what is trained.
@@ -256,24 +255,3 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, epoch_data: EpochD
     return TrainResult(model, model_path, run_dir, checkpointer.state,
                        restored.step if restored else None)
 
-
-def cmd_train(args: argparse.Namespace) -> int:
-    overrides = dict(parse_override(text) for text in args.set)
-    overrides["data_root"] = args.data
-    config = load_config(args.config, overrides)
-    result = train(config, args.run_dir, verbose=1 if args.progress else 2)
-    start = f"resumed at step {result.resumed_from}" if result.resumed_from else "started"
-    print(f"{config.name}: {start}, now at step {result.state.step} -> {result.model_path}")
-    return 0
-
-
-def add_cli(commands: argparse._SubParsersAction) -> None:
-    """``matte train CONFIG --run-dir DIR [--data ROOT] [--set key=value ...]``."""
-    parser = commands.add_parser("train", help="train or fine-tune U²-Net (resumes a run folder)")
-    parser.add_argument("config", help="a preset (smoke, p3m10k_full, ...) or a YAML file")
-    parser.add_argument("--run-dir", required=True, help="checkpoints, logs and the model")
-    parser.add_argument("--data", help="ingested TFRecords root (overrides data_root)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set epochs=2")
-    parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
-    parser.set_defaults(handler=cmd_train)

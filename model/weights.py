@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from model.u2net import build_u2net, conv_names
+from storage import localize
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,18 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_version(path: str | os.PathLike) -> str:
+    """The version recorded beside every output: the file's name and a hash of its bytes, so
+    a launcher knows it without building the model."""
+    path = Path(path)
+    return f"{path.stem}-md5:{md5sum(path)[:12]}"
+
+
+def model_version(variant: str, weights: str | os.PathLike | None = None) -> str:
+    """The version a model would have once loaded (``Matter.version``), without building it."""
+    return weights_version(resolve_weights(variant, weights))
+
+
 def download(url: str, destination: Path, md5: str) -> Path:
     """Stream ``url`` to a temp file beside ``destination``, check md5, then rename into place."""
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +92,10 @@ def download(url: str, destination: Path, md5: str) -> Path:
 
 
 def resolve_weights(variant: str, weights: str | os.PathLike | None = None) -> Path:
-    """The ONNX file to load: ``weights`` if given, else the cache, downloading it if absent."""
+    """The file to load: ``weights`` if given (a gs:// one is fetched, cached by generation),
+    else the official ONNX from the cache, downloaded if absent."""
     if weights is not None:
-        path = Path(weights)
+        path = localize(weights)
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path}")
         return path

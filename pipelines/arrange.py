@@ -1,11 +1,14 @@
-"""``matte arrange-p3m``: a plain folder of photos + masks -> the P3M-10k layout, split by stem.
+"""A plain folder of photos + masks -> the P3M-10k layout, split by stem (``matte arrange-p3m``).
 
     matte arrange-p3m SRC DST [--images NAME] [--masks NAME] [--validation 0.2] [--limit N]
 
 SRC holds one folder of photos and one of masks, found by name (``IMAGE_FOLDERS``,
 ``MASK_FOLDERS``, e.g. human-seg's ``Training_Images`` and ``Ground_Truth``) or given. Files are
 copied byte for byte and nothing is decoded: checking is ingestion's job, so a bad file travels
-on and is rejected there, with its reason, instead of vanishing here.
+on and is rejected there, with its reason, instead of vanishing here. Entries the listing refuses
+(a dangling link, a name that is not UTF-8) hold nothing to copy: they are counted as
+``unreadable``. SRC and DST are folders or gs:// prefixes; listing (hidden files are not data),
+reading and writing go through ``storage``.
 
 A stem goes to validation when its SHA-256 falls in the first ``validation`` fraction, so a
 photo's split never changes when others are added or removed. Validation lands in
@@ -16,11 +19,13 @@ the first N stems in natural order (2 before 10), for quick runs.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import os
 import re
-import shutil
-from pathlib import Path
+from pathlib import PurePosixPath
+
+import storage
+from storage import ObjectInfo, Refused
 
 IMAGE_FOLDERS = ("images", "image", "Training_Images", "original_image", "blurred_image", "img")
 MASK_FOLDERS = ("masks", "mask", "Ground_Truth", "alpha", "matte", "gt")
@@ -28,17 +33,16 @@ TRAIN = ("train/blurred_image", "train/mask")
 VALIDATION = ("validation/P3M-500-NP/original_image", "validation/P3M-500-NP/mask")
 
 
-def find_folder(root: Path, candidates: tuple[str, ...], given: str | None) -> Path:
-    """The given subfolder of ``root``, or the one candidate name that exists there."""
-    if given is not None:
-        names = (given,)
-    else:
-        names = tuple(name for name in candidates if (root / name).is_dir())
-    if len(names) != 1 or not (root / names[0]).is_dir():
-        found = sorted(path.name for path in root.iterdir() if path.is_dir())
+def find_folder(folders: set[str], candidates: tuple[str, ...], given: str | None,
+                root: str) -> str:
+    """The given subfolder of ``root`` (one of ``folders``), or the one candidate there."""
+    names = (given,) if given is not None else tuple(
+        name for name in candidates if name in folders)
+    if len(names) != 1 or names[0] not in folders:
         raise ValueError(f"cannot tell which folder of {root} to use (looked for "
-                         f"{', '.join(names or candidates)}; it has {', '.join(found) or 'none'})")
-    return root / names[0]
+                         f"{', '.join(names or candidates)}; it has "
+                         f"{', '.join(sorted(folders)) or 'none'})")
+    return names[0]
 
 
 def is_validation(stem: str, fraction: float) -> bool:
@@ -50,54 +54,47 @@ def natural_key(text: str) -> list:
             for part in re.split(r"(\d+)", text) if part]
 
 
-def _files(folder: Path) -> list[Path]:
-    return [path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")]
+def _is_empty(uri: str) -> bool:
+    try:
+        return next(iter(storage.open_store(uri).scan(hidden=True)), None) is None
+    except FileNotFoundError:  # not there yet: it will be made
+        return True
 
 
-def arrange_p3m(source: str | Path, destination: str | Path, *, images: str | None = None,
-                masks: str | None = None, validation: float = 0.2,
+def arrange_p3m(source: str | os.PathLike, destination: str | os.PathLike, *,
+                images: str | None = None, masks: str | None = None, validation: float = 0.2,
                 limit: int | None = None) -> dict[str, int]:
     """Copy photos and masks into the P3M layout; returns how many files went where."""
-    source, destination = Path(source), Path(destination)
+    source, destination = str(source), str(destination)
     if not 0.0 <= validation <= 1.0:
         raise ValueError(f"validation fraction must be in [0, 1], got {validation}")
-    if destination.exists() and any(destination.iterdir()):
+    if not _is_empty(destination):
         raise ValueError(f"destination {destination} is not empty")
-    roles = (_files(find_folder(source, IMAGE_FOLDERS, images)),
-             _files(find_folder(source, MASK_FOLDERS, masks)))
-    stems = sorted({path.stem for files in roles for path in files}, key=natural_key)
+    reader = storage.open_store(source)
+    # Only files directly inside a top folder count, as the layout has no deeper folders.
+    by_folder: dict[str, list[ObjectInfo | Refused]] = {}
+    for entry in reader.scan():
+        folder, _, name = entry.key.partition("/")
+        if name and "/" not in name:
+            by_folder.setdefault(folder, []).append(entry)
+    roles = (by_folder[find_folder(set(by_folder), IMAGE_FOLDERS, images, source)],
+             by_folder[find_folder(set(by_folder), MASK_FOLDERS, masks, source)])
+    stems = sorted({PurePosixPath(entry.key).stem for entries in roles for entry in entries},
+                   key=natural_key)
     keep = set(stems if limit is None else stems[:limit])
+    writer = storage.open_store(destination)
     counts = {"train_images": 0, "train_masks": 0, "validation_images": 0,
-              "validation_masks": 0}
-    for role, files in enumerate(roles):
-        for path in sorted(files):
+              "validation_masks": 0, "unreadable": 0}
+    for role, entries in enumerate(roles):
+        for entry in sorted(entries, key=lambda entry: entry.key):
+            path = PurePosixPath(entry.key)
             if path.stem not in keep:
                 continue
+            if isinstance(entry, Refused):
+                counts["unreadable"] += 1
+                continue
             split = "validation" if is_validation(path.stem, validation) else "train"
-            folder = destination / (VALIDATION if split == "validation" else TRAIN)[role]
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, folder / path.name)
+            folder = (VALIDATION if split == "validation" else TRAIN)[role]
+            writer.write(f"{folder}/{path.name}", reader.read(entry.key))
             counts[f"{split}_{('images', 'masks')[role]}"] += 1
     return counts
-
-
-def _cmd_arrange(args: argparse.Namespace) -> int:
-    counts = arrange_p3m(args.source, args.destination, images=args.images, masks=args.masks,
-                         validation=args.validation, limit=args.limit)
-    print(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in counts.items())
-          + f"  -> {args.destination}")
-    return 0
-
-
-def add_cli(commands: argparse._SubParsersAction) -> None:
-    command = commands.add_parser("arrange-p3m", help="photos + masks folder -> P3M-10k layout",
-                                  description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    command.add_argument("source", help="folder holding a photo folder and a mask folder")
-    command.add_argument("destination", help="new P3M-10k root (must be absent or empty)")
-    command.add_argument("--images", help="photo subfolder name (default: found by name)")
-    command.add_argument("--masks", help="mask subfolder name (default: found by name)")
-    command.add_argument("--validation", type=float, default=0.2,
-                         help="fraction of stems for validation (default %(default)s)")
-    command.add_argument("--limit", type=int, help="keep only the first N stems")
-    command.set_defaults(handler=_cmd_arrange)

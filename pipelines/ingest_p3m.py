@@ -1,34 +1,37 @@
 """Beam pipeline: a P3M-10k folder (local or gs://) -> deterministic TFRecord shards + manifest.
 
     matte ingest SRC DST [--shard-mb 150] [--runner DataflowRunner] [BEAM OPTIONS...]
-    python -m pipelines.ingest_p3m SRC DST [same options]
 
-``build``: list SRC -> classify each file (layout in ``pipelines/p3m_layout.py``) -> group by
+``build(p, options)`` is the graph, ``launch(options, pipeline_options)`` runs it to the end
+and returns the published manifest (``cli.data`` and ``flows.ingest_flow`` call it).
+
+The graph: list SRC -> classify each file (layout in ``pipelines/p3m_layout.py``) -> group by
 (split, stem) -> pair -> plan shards per split (key order, listed sizes) -> group by shard ->
 read, validate and write each shard under DST/.tmp-<token>/ -> publish. Publishing removes the
-old manifest, moves the shards into DST/<split>/, deletes the previous run's stale shards and
-writes ``manifest.json`` last: readers (``model/data.py``) use only shards the manifest lists,
-so a run that dies part-way never exposes a partial dataset. Image bytes cross no shuffle: each
-shard is read and written by one worker, so memory stays at about one shard.
+old manifest, moves the shards into DST/<split>/, deletes the previous run's stale shards,
+writes ``manifest.json`` last and removes the staging folder: readers (``model/data.py``) use
+only shards the manifest lists, so a run that dies part-way never exposes a partial dataset.
+Image bytes cross no shuffle: each shard is read and written by one worker, so memory stays at
+about one shard. Every file and object is reached through ``storage`` (one listing rule, atomic
+writes), so a folder and a gs:// prefix behave alike.
 
 The same input gives byte-identical shards and manifest: records sorted by key, the shard plan
 a function of the listing, ``tf.train.Example`` serialised deterministically, no timestamps.
 
-"DirectRunner" (the default) runs Beam's in-process FnApiRunner (``pipelines.options.
+"DirectRunner" (the default) runs Beam's in-process FnApiRunner (``pipelines.runners.
 pinned_runner``): Beam 2.77's ``DirectRunner`` first tries the Prism runner, a Go binary it
 downloads on first use.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import os
-import sys
+import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,22 +41,24 @@ import keras
 import numpy as np
 import PIL
 import tensorflow as tf
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
+import storage
 from model import data, imaging, preprocess
-from pipelines import arrange, p3m_layout
-from pipelines.options import pinned_runner
-from pipelines.p3m_layout import REASONS, SPLITS, Pair, Reject, join, validate
-from pipelines.storage import is_hidden
+from pipelines import p3m_layout
+from pipelines.p3m_layout import REASONS, SPLITS, Entry, Pair, Reject, validate
+from pipelines.runners import pinned_runner
+from storage import ObjectInfo, Refused
 
 FORMAT = "p3m-tfrecord/1"
 NAMESPACE = "ingest_p3m"
+MANIFEST = "manifest.json"
 DEFAULT_SHARD_MB = 150.0  # DESIGN.md §4: shards of ~100-200 MB
+# Our shard names: only these are ever deleted from DST, whatever else lives there.
+SHARD_NAME = re.compile(r"(?P<split>[^/]+)/(?P=split)-[^/]*\.tfrecord")
 
 
 @dataclass(frozen=True)
@@ -65,24 +70,26 @@ class IngestOptions:
     # worker validates several pairs of its shard at once; results keep key order.
     threads: int = 8
 
+    def __post_init__(self) -> None:
+        if self.shard_bytes <= 0 or self.threads <= 0:
+            raise ValueError(f"shard size and threads must be positive, got "
+                             f"{self.shard_bytes} bytes and {self.threads} threads")
 
-def read_bytes(path: str) -> bytes:
-    # UNCOMPRESSED: the default (AUTO) would gunzip a file that happens to end in ".gz".
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
 
-
-def _route(entry: tuple[str, int]) -> Iterator:
-    """A listed file is hidden, outside the layout, or part of a (split, stem) group."""
-    relative, size = entry
+def _route(entry: ObjectInfo | Refused) -> Iterator:
+    """A listed entry is hidden, outside the layout, or part of a (split, stem) group."""
     Metrics.counter(NAMESPACE, "files_listed").inc()
-    if is_hidden(relative):
+    relative = p3m_layout.printable(entry.key)
+    refused = entry.reason if isinstance(entry, Refused) else None
+    if storage.is_hidden(relative):
         yield TaggedOutput("ignored", relative)
     elif (place := p3m_layout.classify(relative)) is None:
-        yield TaggedOutput("rejects", p3m_layout.unexpected(relative))
+        yield TaggedOutput("rejects", p3m_layout.unexpected(relative) if refused is None else
+                           Reject("", relative, "unreadable", refused, (relative,)))
     else:
         split, role, stem = place
-        yield (split, stem), (role, relative, size)
+        size = entry.size if refused is None else 0
+        yield (split, stem), Entry(role, relative, size, refused)
 
 
 class WriteShard(beam.DoFn):
@@ -91,14 +98,18 @@ class WriteShard(beam.DoFn):
     def __init__(self, options: IngestOptions):
         self.options = options
 
+    def setup(self) -> None:
+        # Stores hold per-thread clients that do not pickle: made on the worker.
+        self.source = storage.open_store(self.options.source)
+        self.destination = storage.open_store(self.options.destination)
+
     def process(self, element: tuple[tuple[str, int], list[Pair]]):
         (split, index), pairs = element
         buffer = io.BytesIO()
         count = resized = 0
 
         def check(pair: Pair) -> p3m_layout.Record | Reject:
-            return validate(pair, lambda relative: read_bytes(join(self.options.source,
-                                                                   relative)))
+            return validate(pair, self.source.read)
 
         with ThreadPoolExecutor(self.options.threads) as pool:
             results = list(pool.map(check, sorted(pairs, key=lambda pair: pair.key)))
@@ -116,9 +127,7 @@ class WriteShard(beam.DoFn):
 
     def _write(self, split: str, index: int, shard: bytes, count: int, resized: int) -> dict:
         path = f"{split}/{split}-{index:05d}.tfrecord"
-        staged = join(staging_prefix(self.options), path)
-        with FileSystems.create(staged, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-            out.write(shard)
+        self.destination.write(f"{staging_key(self.options)}/{path}", shard)
         Metrics.counter(NAMESPACE, "shards_written").inc()
         Metrics.counter(NAMESPACE, "bytes_written").inc(len(shard))
         return {"split": split, "index": index, "path": path, "records": count,
@@ -142,10 +151,15 @@ def code_version() -> dict[str, str]:
             "apache_beam": beam.__version__}
 
 
-def staging_prefix(options: IngestOptions) -> str:
-    """A fixed name per (source, destination, shard size): a rerun reuses, then removes it."""
+def staging_key(options: IngestOptions) -> str:
+    """A fixed name per (source, destination, shard size): a rerun reuses, then removes it.
+    Hidden, so no listing of DST (ours or a reader's) takes staged shards for data."""
     token = f"{options.source}\n{options.destination}\n{options.shard_bytes}".encode()
-    return join(options.destination, f".tmp-{hashlib.sha256(token).hexdigest()[:12]}")
+    return f".tmp-{hashlib.sha256(token).hexdigest()[:12]}"
+
+
+def staging_prefix(options: IngestOptions) -> str:
+    return storage.join(options.destination, staging_key(options))
 
 
 def manifest_json(options: IngestOptions, version: dict, shards: list[dict],
@@ -178,10 +192,33 @@ def _shard_paths(manifest: dict) -> set[str]:
     return {shard["path"] for split in manifest["splits"].values() for shard in split["shards"]}
 
 
-def _move(source: str, target: str) -> None:
-    if not p3m_layout.is_remote(target):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-    FileSystems.rename([source], [target])
+def _published_shards(destination: str) -> set[str]:
+    """Every shard name of ours under DST/<split>/, whichever run wrote it."""
+    found = set()
+    for split in SPLITS:
+        try:
+            keys = [f"{split}/{info.key}"
+                    for info in storage.open_store(storage.join(destination, split)).list()]
+        except FileNotFoundError:  # no such folder: nothing was published for this split
+            continue
+        found.update(key for key in keys if SHARD_NAME.fullmatch(key))
+    return found
+
+
+def _remove_staging(uri: str) -> None:
+    try:
+        entries = list(storage.open_store(uri).scan(hidden=True))
+    except FileNotFoundError:  # a retried publish removed it already
+        return
+    store = storage.open_store(uri)
+    for entry in entries:
+        if isinstance(entry, ObjectInfo):
+            store.delete(entry.key)
+    if not storage.is_gcs(uri):
+        # A folder is not an object, so the store leaves the emptied ones; a GCS prefix is
+        # gone with its last object. rmdir refuses a folder holding what the listing refused.
+        for folder, _, _ in os.walk(uri, topdown=False):
+            os.rmdir(folder)
 
 
 def publish(_, options: IngestOptions, version: dict, shards: list[dict],
@@ -190,27 +227,18 @@ def publish(_, options: IngestOptions, version: dict, shards: list[dict],
     if listed == 0:
         raise FileNotFoundError(f"no files found under {options.source}")
     manifest = manifest_json(options, version, shards, rejects, ignored, listed)
-    destination, staging = options.destination, staging_prefix(options)
-    manifest_path = join(destination, "manifest.json")
-    if FileSystems.exists(manifest_path):
-        FileSystems.delete([manifest_path])  # from here on readers see no dataset
+    store, staging = storage.open_store(options.destination), staging_key(options)
+    store.delete(MANIFEST)  # from here on readers see no dataset
     current = _shard_paths(json.loads(manifest))
     for path in sorted(current):
-        if FileSystems.exists(join(staging, path)):  # gone if a retry already moved it
-            _move(join(staging, path), join(destination, path))
+        if store.stat(f"{staging}/{path}") is not None:  # gone if a retry already moved it
+            store.rename(f"{staging}/{path}", path)
     # Stale: any shard name of ours not in this manifest, from the previous run or an older
     # one that died mid-publish (its manifest already gone, so a manifest diff would miss it).
-    patterns = [join(destination, f"{split}/{split}-*.tfrecord") for split in SPLITS]
-    found = [meta.path for match in FileSystems.match(patterns) for meta in match.metadata_list]
-    stale = [path for path in found if "/".join(path.rsplit("/", 2)[-2:]) not in current]
-    if stale:
-        FileSystems.delete(stale)
-    with FileSystems.create(join(staging, "manifest.json"),
-                            compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(manifest.encode())
-    _move(join(staging, "manifest.json"), manifest_path)  # last: this publishes the dataset
-    # GCS deletes a "folder" by its prefix with a slash; locally the folder path itself.
-    FileSystems.delete([staging + "/" if p3m_layout.is_remote(staging) else staging])
+    for path in sorted(_published_shards(options.destination) - current):
+        store.delete(path)
+    store.write(MANIFEST, manifest.encode())  # last, and atomic: this publishes the dataset
+    _remove_staging(staging_prefix(options))
     yield json.loads(manifest)
 
 
@@ -241,53 +269,9 @@ def build(p: beam.Pipeline, options: IngestOptions) -> dict[str, beam.PCollectio
     return {"shards": written.shards, "rejects": rejects, "manifest": manifest}
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="P3M-10k root (holds train/ and validation/), or gs://")
-    parser.add_argument("destination", help="output folder or gs:// prefix")
-    parser.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB,
-                        help="target shard size in MiB (default %(default)s)")
-
-
-def run(argv: Sequence[str] | None = None) -> dict:
-    """Command line: our arguments, and any others passed on to Beam. Returns the manifest."""
-    parser = argparse.ArgumentParser(prog="ingest_p3m", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
-    options = IngestOptions(args.source, args.destination, int(args.shard_mb * 2**20))
-    beam_options = PipelineOptions(list(beam_args))
-    with beam.Pipeline(runner=pinned_runner(beam_options), options=beam_options) as p:
+def launch(options: IngestOptions, pipeline_options: PipelineOptions) -> dict:
+    """Run the ingestion to the end on the runner ``pipeline_options`` names (the in-process
+    one for "DirectRunner"); returns the manifest it published."""
+    with beam.Pipeline(runner=pinned_runner(pipeline_options), options=pipeline_options) as p:
         build(p, options)
-    return json.loads(read_bytes(join(args.destination, "manifest.json")))
-
-
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    # Options after the positionals land in beam_args; run() parses ours out of them again.
-    manifest = run([args.source, args.destination, "--shard-mb", str(args.shard_mb),
-                    *(arg for arg in args.beam_args if arg != "--")])
-    _print_summary(manifest, args.destination)
-    return 0
-
-
-def _print_summary(manifest: dict, destination: str) -> None:
-    for split, info in manifest["splits"].items():
-        print(f"{split:>11}: {info['pairs']} pairs in {len(info['shards'])} shards, "
-              f"{info['rejected']} rejected")
-    reasons = ", ".join(f"{n} {r}" for r, n in manifest["rejected_by_reason"].items() if n)
-    print(f"rejected: {reasons or 'none'}  -> {join(destination, 'manifest.json')}")
-
-
-def add_cli(commands: argparse._SubParsersAction) -> None:
-    """Register ``matte ingest`` and ``matte arrange-p3m`` on ``build_parser``'s subparsers."""
-    command = commands.add_parser("ingest", help="P3M-10k folder -> TFRecord shards (Beam)",
-                                  description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(command)
-    command.add_argument("beam_args", nargs=argparse.REMAINDER,
-                         help="Beam options, e.g. --runner DataflowRunner --project P")
-    command.set_defaults(handler=_cmd_ingest)
-    arrange.add_cli(commands)
-
-
-if __name__ == "__main__":
-    _print_summary(run(), sys.argv[2] if len(sys.argv) > 2 else "")
+    return json.loads(storage.read_bytes(storage.join(options.destination, MANIFEST)))

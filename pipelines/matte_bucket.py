@@ -1,13 +1,12 @@
 """Bucket-scale matting: every photo under IN_URI becomes a cut-out under OUT_URI (same keys).
 
-    python -m pipelines.matte_bucket IN_URI OUT_URI [--only-mask | --bgcolor C [--jpeg]] ...
-    matte bucket IN_URI OUT_URI ...            (the same parser; Beam flags pass through)
+    matte bucket IN_URI OUT_URI [--only-mask | --bgcolor C [--jpeg]] [Beam options]  (cli.bucket)
 
 list -> check keys -> one source per output -> skip done -> read + decode -> RunInference ->
 render + write -> OUT_URI/_runs/<run-id>/{manifest.jsonl, dead_letter.jsonl, summary.json}.
-A key is done when OUT_URI/_state/<output>.json records the same source (size + mtime, or GCS
-generation), model version and output options, and the output still has the recorded size.
-The output is written before its state record, so a kill in between costs a redo, never a skip.
+Which keys need work, where their outputs go and when an output counts as done is
+``pipelines.planner``, the same rules ``matte p`` follows; this module spreads its steps over
+Beam workers. ``launch(options, pipeline_options)`` is what the CLI and the flows call.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,24 +29,16 @@ from apache_beam.transforms.window import GlobalWindows
 
 from model.imaging import ImageError, decode_image
 from model.outputs import render
-from pipelines import model_handler, storage
+from model.weights import model_version
+from pipelines import model_handler, planner
 from pipelines.model_handler import METRICS_NAMESPACE, MattingModelHandler
-from pipelines.options import BucketOptions, parse, pinned_runner
-from pipelines.storage import IO_ERRORS, ObjectInfo, UnsafeKeyError, is_hidden, open_store
+from pipelines.options import BucketOptions, validate
+from pipelines.planner import DeadLetter, Job
+from pipelines.runners import pinned_runner
+from storage import IO_ERRORS, ObjectInfo, open_store
 
 DEAD, SKIPPED = "dead", "skipped"
-STATE_KEY = "_state/{}.json"  # what an output was made from, written after the output
 STAGES = ("read", "decode", "inference", "render", "write")
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """A source to matte into ``output``; ``generation`` is the output's, 0 if it is absent."""
-
-    source: ObjectInfo
-    output: str
-    generation: int = 0
-    timings: dict = dataclasses.field(default_factory=dict)  # stage -> milliseconds
 
 
 class BucketResult(NamedTuple):
@@ -59,15 +49,7 @@ class BucketResult(NamedTuple):
 
 def dead(key: str, stage: str, reason: str) -> TaggedOutput:
     """A dead letter: the key that failed, at which stage, and why."""
-    return TaggedOutput(DEAD, {"key": key, "stage": stage, "reason": reason})
-
-
-def expected_state(source: ObjectInfo, output: str, output_size: int,
-                   options: BucketOptions) -> dict:
-    return {"key": source.key, "source_size": source.size, "source_version": source.version,
-            "model_version": options.model_version, "output": output, "output_size": output_size,
-            "output_options": dataclasses.asdict(options.output),
-            "official_normalization": options.official_normalization}
+    return TaggedOutput(DEAD, DeadLetter(key, stage, reason).to_json())
 
 
 def _observe(stage: str, start: float) -> float:
@@ -77,26 +59,20 @@ def _observe(stage: str, start: float) -> float:
     return milliseconds
 
 
-def classify(info: ObjectInfo, options: BucketOptions) -> list:
-    """(output key, source) for a usable listing entry, a dead letter for an unusable one."""
-    try:
-        output = storage.output_for(info.key, options.output)
-    except UnsafeKeyError as error:
-        return [dead(info.key, "list", f"unsafe key: {error.reason}")]
-    if is_hidden(info.key):
-        return []  # hidden files are not photos (the CLI skips them too); temp files are hidden
-    if info.size > options.max_bytes:
-        return [dead(info.key, "read", f"too large: {info.size} bytes > --max-bytes")]
-    return [(output, info)]
+def classify(entry, options: BucketOptions) -> list:
+    """The planner's classification as Beam outputs: (output, source) or a dead letter."""
+    result = planner.classify(entry, options.settings)
+    if isinstance(result, DeadLetter):
+        return [TaggedOutput(DEAD, result.to_json())]
+    return [result]
 
 
 def pick_source(item: tuple[str, list[ObjectInfo]]) -> Iterator:
-    """One source per output key (``a.jpg`` and ``a.png`` both make ``a.png``): first key wins."""
-    output, infos = item
-    first, *others = sorted(infos, key=lambda info: info.key)
-    yield output, first
-    for other in others:
-        yield dead(other.key, "plan", f"output {output} is already written for {first.key}")
+    output, sources = item
+    chosen, others = planner.pick_source(output, sources)
+    yield output, chosen
+    for letter in others:
+        yield TaggedOutput(DEAD, letter.to_json())
 
 
 class _RunFn(beam.DoFn):
@@ -115,22 +91,13 @@ class PlanFn(_RunFn):
 
     def process(self, item: tuple[str, ObjectInfo]) -> Iterator:
         output, source = item
-        current = self._out.stat(output)
-        if current is not None and self._state(output) == expected_state(
-                source, output, current.size, self._options):
+        job = planner.plan_output(self._out, output, source, self._options.settings)
+        if job is None:
             Metrics.counter(METRICS_NAMESPACE, "skipped").inc()
-            yield TaggedOutput(SKIPPED, {"key": source.key, "output": output, "status": "skipped",
-                                         "model_version": self._options.model_version})
+            yield TaggedOutput(SKIPPED, planner.skipped_record(source, output,
+                                                               self._options.settings))
             return
-        yield Job(source, output, current.generation if current is not None else 0)
-
-    def _state(self, output: str) -> dict | None:
-        if self._out.stat(STATE_KEY.format(output)) is None:
-            return None
-        try:
-            return json.loads(self._out.read(STATE_KEY.format(output)))
-        except (ValueError, *IO_ERRORS):
-            return None  # unreadable state means "not known to be done": the key is redone
+        yield job
 
 
 class ReadDecodeFn(_RunFn):
@@ -194,9 +161,7 @@ class RenderWriteFn(_RunFn):
             start = time.perf_counter()
             data = render(result.example, inference.alpha, self._options.output)
             render_ms, start = (time.perf_counter() - start) * 1000.0, time.perf_counter()
-            written = self._out.write(job.output, data, if_generation_match=job.generation)
-            state = expected_state(job.source, job.output, written.size, self._options)
-            self._out.write(STATE_KEY.format(job.output), json.dumps(state).encode(), None)
+            written = planner.commit(self._out, job, data, self._options.settings)
             write_ms = (time.perf_counter() - start) * 1000.0
         except IO_ERRORS as error:
             return None, dead(job.source.key, "write", f"{type(error).__name__}: {error}")
@@ -239,7 +204,7 @@ def write_run_records(_, records: list[dict], letters: list[dict],
 def build(p: beam.Pipeline, options: BucketOptions) -> BucketResult:
     """The graph of one run (``options.model_version`` must be set: skips depend on it)."""
     listed = (p | "Root" >> beam.Create([options.input_uri])
-              | "List" >> beam.FlatMap(lambda uri: open_store(uri).list(exclude=options.exclude))
+              | "List" >> beam.FlatMap(lambda uri: open_store(uri).scan(exclude=options.exclude))
               | "CheckKeys" >> beam.FlatMap(classify, options).with_outputs(DEAD, main="ok"))
     picked = (listed.ok | "ByOutput" >> beam.GroupByKey()
               | "PickSource" >> beam.FlatMap(pick_source).with_outputs(DEAD, main="ok"))
@@ -270,19 +235,16 @@ def build(p: beam.Pipeline, options: BucketOptions) -> BucketResult:
 
 def launch(options: BucketOptions,
            pipeline_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
-    """Run ``options`` to the end on the runner the pipeline options name."""
-    options = dataclasses.replace(options, model_version=model_handler.model_version(
-        options.model, options.weights, options.official_normalization))
+    """Validate ``options`` and run them to the end on the runner the pipeline options name;
+    the PipelineResult carries the counters (``counter``)."""
+    options = validate(options, pipeline_options)
+    options = dataclasses.replace(options, model_version=model_version(options.model,
+                                                                       options.weights))
     pipeline = beam.Pipeline(runner=pinned_runner(pipeline_options), options=pipeline_options)
     build(pipeline, options)
     result = pipeline.run()
     result.wait_until_finish()
     return result
-
-
-def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
-    """Parse, validate and run; the PipelineResult carries the metrics."""
-    return launch(*parse(argv))
 
 
 def counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
@@ -291,8 +253,3 @@ def counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
     return sum(c.committed if c.committed is not None else c.attempted
                for c in result.metrics().query(query)["counters"])
 
-
-if __name__ == "__main__":
-    from pipelines.options import main
-
-    sys.exit(main())

@@ -9,24 +9,18 @@ each alpha back to its photo's size.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import keras
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from model.matting import Matter
-from pipelines.storage import localize
+from pipelines.gpu import check_gpu
 
 METRICS_NAMESPACE = "matte_bucket"
-
-
-class NoGpuError(RuntimeError):
-    """A GPU was asked for but the framework sees none."""
 
 
 class Inference(NamedTuple):
@@ -37,46 +31,11 @@ class Inference(NamedTuple):
     batch_ms: float
 
 
-def model_version(variant: str, weights: str | None, official_normalization: bool) -> str:
-    """Load the weights at launch: bad weights fail before any work, and skips need the version."""
-    local = localize(weights) if weights else None
-    return Matter.load(variant, local, official_normalization).version
-
-
 def failed_keys(failure: tuple) -> Iterator[tuple[Any, str]]:
     """RunInference's dead letter ``(batch, (type, repr, traceback))`` -> (key, reason) each."""
     batch, (_, message, _) = failure
     for key, _ in batch:
         yield key, message
-
-
-def visible_gpus() -> list[str]:
-    """GPUs the current Keras backend can use."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return [device.name for device in tf.config.list_physical_devices("GPU")]
-    if backend == "jax":
-        import jax
-
-        return [str(device) for device in jax.devices() if device.platform == "gpu"]
-    if backend == "torch":
-        import torch
-
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    raise NoGpuError(f"cannot list GPUs for the {backend!r} Keras backend")
-
-
-def check_gpu() -> list[str]:
-    """The visible GPUs, or NoGpuError saying what to check."""
-    gpus = visible_gpus()
-    if not gpus:
-        raise NoGpuError(
-            f"a GPU was asked for but the {keras.backend.backend()} backend sees none: check "
-            "install-nvidia-driver in the accelerator flag, `nvidia-smi` on the worker, and that "
-            "the image has the CUDA build of the framework (infra/Dockerfile)")
-    return gpus
 
 
 class MattingModelHandler(ModelHandler[np.ndarray, PredictionResult, Matter]):
@@ -105,8 +64,7 @@ class MattingModelHandler(ModelHandler[np.ndarray, PredictionResult, Matter]):
     def load_model(self) -> Matter:
         if self._require_gpu:
             check_gpu()
-        weights = localize(self._weights) if self._weights else None
-        matter = Matter.load(self._variant, weights, self._official_normalization)
+        matter = Matter.load(self._variant, self._weights, self._official_normalization)
         # Skips were decided against the launcher's version; a worker must not differ from it.
         if self._expected_version and matter.version != self._expected_version:
             raise RuntimeError(f"worker loaded model {matter.version}, but the run was planned "
@@ -145,17 +103,3 @@ class MattingModelHandler(ModelHandler[np.ndarray, PredictionResult, Matter]):
         if inference_args:
             raise ValueError(f"MattingModelHandler takes no inference_args, got {inference_args}")
 
-
-def main() -> int:
-    """Container entry check (infra/entrypoint.sh): exit 1, saying why, without a GPU."""
-    try:
-        gpus = check_gpu()
-    except NoGpuError as error:
-        print(f"gpu check: {error}", file=sys.stderr)
-        return 1
-    print(f"gpu check: {len(gpus)} GPU(s): {', '.join(gpus)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

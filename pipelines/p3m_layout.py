@@ -10,7 +10,8 @@ Files pair by stem within a split. Hidden files (any path part starting with "."
 they are listed in the manifest's ``ignored``. Every other file ends in exactly one accepted
 pair or one :class:`Reject` (``REASONS`` are its codes). A pair is valid when:
 
-* every file can be read (``unreadable``) and decoded by ``model.imaging`` (``corrupt``);
+* every file can be listed and read (``unreadable``: the store refused the entry, e.g. a
+  dangling link, or reading it failed) and decoded by ``model.imaging`` (``corrupt``);
 * the image is an 8-bit RGB or greyscale JPEG or PNG (``wrong_mode``): exactly what the tf.data
   reader decodes to the same pixels as ``decode_image``, so its bytes are stored as given;
 * mask, trimap and facemask are 8-bit (``wrong_mode``; channel 0 of a 3-channel file is used);
@@ -35,12 +36,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from PIL import ExifTags, Image
 
+import storage
 from model.data import encode_example
 from model.imaging import ImageError, alpha_to_uint8, decode_image, decode_mask, encode_png
 from model.preprocess import resize
+from storage import ObjectInfo, Refused
 
 SPLIT_FOLDERS = {
     "train": ("train", {"blurred_image": "image", "mask": "mask"}),
@@ -62,6 +64,15 @@ _FOLDER_TO_SPLIT_ROLE = {
     for split, (prefix, roles) in SPLIT_FOLDERS.items()
     for folder, role in roles.items()
 }
+
+
+class Entry(NamedTuple):
+    """One listed file of a stem; ``refused`` is why the listing could not read it."""
+
+    role: str
+    relative: str
+    size: int
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,39 +102,20 @@ class Reject:
                 "detail": self.detail, "files": list(self.files)}
 
 
-def is_remote(root: str) -> bool:
-    return "://" in root
+def list_files(root: str) -> Iterator[ObjectInfo | Refused]:
+    """Every entry below ``root`` (a folder or gs://), hidden ones included.
 
-
-def join(root: str, relative: str) -> str:
-    return f"{root.rstrip('/')}/{relative}" if is_remote(root) else os.path.join(root, relative)
-
-
-def list_files(root: str) -> Iterator[tuple[str, int]]:
-    """``(relative posix path, size)`` of every file below ``root``, in no particular order.
-
-    Locally ``os.walk`` is used rather than Beam's matcher, which silently skips entries it
-    cannot stat (a dangling link): such an entry is listed here with size 0 and then rejected
-    as unreadable. Remote roots (gs://...) go through Beam's FileSystems.
+    Hidden files are listed so that the manifest can name them in ``ignored``; entries the
+    store cannot read as data (loops, dangling links, EACCES folders, non-UTF-8 names) come as
+    :class:`storage.Refused` and end as ``unreadable`` rejects rather than vanishing.
     """
-    if is_remote(root):
-        prefix = root.rstrip("/") + "/"
-        for result in FileSystems.match([prefix + "**"]):
-            for metadata in result.metadata_list:
-                relative = metadata.path[len(prefix):]
-                if relative and not relative.endswith("/"):  # skip "folder" placeholders
-                    yield relative, metadata.size_in_bytes
-        return
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset root is not a folder: {root}")
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = 0  # read later, where the failure becomes an "unreadable" reject
-            yield os.path.relpath(path, root).replace(os.sep, "/"), size
+    return storage.open_store(root).scan(hidden=True)
+
+
+def printable(key: str) -> str:
+    """``key`` with undecodable bytes spelled out (``\\xff``): a refused name still travels
+    through Beam's coders and into the JSON manifest, which both need valid UTF-8."""
+    return os.fsencode(key).decode("utf-8", "backslashreplace")
 
 
 def classify(relative: str) -> tuple[str, str, str] | None:
@@ -142,14 +134,17 @@ def unexpected(relative: str) -> Reject:
                   (relative,))
 
 
-def pair_files(split: str, key: str, entries: Iterable[tuple[str, str, int]]) -> Pair | Reject:
-    """One stem's files ``(role, relative path, size)`` -> a Pair, or the reason it is none."""
+def pair_files(split: str, key: str, entries: Iterable[Entry]) -> Pair | Reject:
+    """One stem's listed files -> a Pair, or the reason it is none."""
+    entries = list(entries)
     by_role: dict[str, list[str]] = {}
-    size = 0
-    for role, relative, file_size in entries:
-        by_role.setdefault(role, []).append(relative)
-        size += file_size
-    files = tuple(sorted(path for paths in by_role.values() for path in paths))
+    for entry in entries:
+        by_role.setdefault(entry.role, []).append(entry.relative)
+    files = tuple(sorted(entry.relative for entry in entries))
+    # First: a file that cannot be read decides the pair whatever else is wrong with it.
+    refused = sorted(f"{entry.relative}: {entry.refused}" for entry in entries if entry.refused)
+    if refused:
+        return Reject(split, key, "unreadable", "; ".join(refused), files)
     duplicated = {role: sorted(paths) for role, paths in by_role.items() if len(paths) > 1}
     if duplicated:
         detail = "; ".join(f"{len(paths)} {role} files: {', '.join(paths)}"
@@ -160,6 +155,7 @@ def pair_files(split: str, key: str, entries: Iterable[tuple[str, str, int]]) ->
         return Reject(split, key, "orphan_file", f"{labels} without an image", files)
     if "mask" not in by_role:
         return Reject(split, key, "missing_mask", "image without a mask", files)
+    size = sum(entry.size for entry in entries)
     return Pair(split, key, {role: paths[0] for role, paths in by_role.items()}, size)
 
 
@@ -197,7 +193,7 @@ def validate(pair: Pair, read: Callable[[str], bytes]) -> Record | Reject:
     for role, relative in sorted(pair.files.items()):
         try:
             contents[role] = read(relative)
-        except Exception as error:  # each storage backend raises its own types; all mean this
+        except storage.IO_ERRORS as error:
             return Reject(pair.split, pair.key, "unreadable", f"{relative}: {error}", files)
     try:
         return _record(pair, contents)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from model import data
@@ -15,7 +16,7 @@ from model.imaging import decode_image, decode_mask
 from model.losses import deep_supervision_loss
 from model.preprocess import preprocess
 from model.u2net import OUTPUT_NAMES
-from pipelines.ingest_p3m import run
+from pipelines.ingest_p3m import IngestOptions, launch
 from pipelines.p3m_layout import SPLIT_FOLDERS, fit_mask
 from tests.p3m_synth import encode, make_p3m, photo
 
@@ -24,7 +25,7 @@ from tests.p3m_synth import encode, make_p3m, photo
 def shards(tmp_path_factory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("data")
     synth = make_p3m(root / "src", train=5)
-    run([str(root / "src"), str(root / "out")])
+    launch(IngestOptions(str(root / "src"), str(root / "out")), PipelineOptions([]))
     return root / "out", synth
 
 
@@ -107,7 +108,7 @@ def _first_batch(dataset) -> np.ndarray:
 
 
 def test_training_batches_are_seeded_global_and_fresh_each_epoch(shards):
-    out, _ = shards
+    out, synth = shards
     first = data.train_dataset(str(out), 4, size=32, seed=7)
     x, labels = next(iter(first))
     assert x.shape == (4, 32, 32, 3) and set(labels) == set(OUTPUT_NAMES)
@@ -118,13 +119,13 @@ def test_training_batches_are_seeded_global_and_fresh_each_epoch(shards):
     assert not np.array_equal(x.numpy(), epoch2)
     other = data.train_dataset(str(out), 4, size=32, seed=8)
     assert not np.array_equal(x.numpy(), _first_batch(other))
-    assert sum(1 for _ in first) == 9 // 4  # 9 train pairs, partial batch dropped
+    assert sum(1 for _ in first) == synth.pairs("train") // 4  # partial batch dropped
 
 
 def test_eval_batches_keep_every_record_at_a_fixed_size(shards):
-    out, _ = shards
+    out, synth = shards
     batches = list(data.eval_dataset(str(out), "P3M-500-P", 3, size=40, cache=True))
-    assert [x.shape[0] for x, _ in batches] == [2]
+    assert [x.shape[0] for x, _ in batches] == [synth.pairs("P3M-500-P")]  # 2 of them
     record = next(iter(data.records(str(out), "P3M-500-P")))
     np.testing.assert_allclose(batches[0][0][0], preprocess(record["image"], 40), atol=1e-5)
 

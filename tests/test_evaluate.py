@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli.main import main
 from model.evaluate import (
     Example,
-    add_cli,
     eval_size,
     evaluate_model,
     folder_examples,
@@ -107,21 +106,15 @@ def test_report_files_agree_with_each_other(folder, tmp_path):
 def test_cli_evaluates_a_saved_keras_model(folder, tmp_path):
     model_path = tmp_path / "lite.keras"
     build_u2net("lite").save(model_path)
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
     out = tmp_path / "cli"
-    args = parser.parse_args(["evaluate", str(model_path), "--images", str(folder[0]),
-                              "--masks", str(folder[1]), "--out", str(out), "--size", "64"])
-    assert args.handler(args) == 0
+    assert main(["evaluate", str(model_path), "--images", str(folder[0]),
+                 "--masks", str(folder[1]), "--out", str(out), "--size", "64"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 2 and summary["protocol"] == "square-64"
     assert summary["model"].startswith("lite-md5:")
     assert set(summary["metrics"]) == set(METRIC_NAMES)
 
 
-def test_cli_needs_exactly_one_data_source(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", "lite", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="either --data"):
-        args.handler(args)
+def test_cli_needs_exactly_one_data_source(tmp_path, capsys):
+    assert main(["evaluate", "lite", "--out", str(tmp_path)]) == 2
+    assert "either --data" in capsys.readouterr().err

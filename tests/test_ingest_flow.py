@@ -22,14 +22,15 @@ def test_flow_runs_the_pipeline_and_publishes_artifacts(prefect_harness, tmp_pat
     synth = make_p3m(tmp_path / "P3M-10k")
     result = ingest_flow(str(synth.root), str(tmp_path / "out"), shard_mb=1)
 
-    assert result["pairs"] == sum(len(keys) for keys in synth.accepted.values())
-    assert result["rejected"] == len(synth.rejects)
+    assert result["pairs"] == synth.pairs()
+    assert result["rejected"] == synth.rejected()
     assert (tmp_path / "out" / "manifest.json").is_file()
 
     # Prefect stores a table artifact's rows as a JSON string.
     counts = {row["split"]: row for row in json.loads(latest_artifact(COUNTS_KEY).data)}
-    assert counts["train"]["pairs"] == len(synth.accepted["train"])
-    assert counts["P3M-500-P"]["rejected"] == 1 and counts["(outside the layout)"]["rejected"] == 1
+    assert counts["train"]["pairs"] == synth.pairs("train")
+    assert counts["P3M-500-P"]["rejected"] == synth.rejected("P3M-500-P")
+    assert counts["(outside the layout)"]["rejected"] == synth.rejected("")
     rejects = {(row["split"], row["key"]): row["reason"]
                for row in json.loads(latest_artifact(REJECTS_KEY).data)}
     assert rejects == synth.rejects

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 
-import google.auth
 import pytest
-from google.auth.credentials import AnonymousCredentials
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.ingest_p3m import run
+from pipelines.arrange import arrange_p3m
+from pipelines.ingest_p3m import IngestOptions, launch
 from tests.p3m_synth import make_p3m
 
 
+def run(source: str, destination: str) -> dict:
+    return launch(IngestOptions(source, destination), PipelineOptions([]))
+
+
 @pytest.fixture()
-def bucket(gcs_emulator, monkeypatch):
-    # Beam asks google.auth for default credentials and, finding none on a test machine,
-    # retries for ~20 s before going anonymous; the emulator wants anonymous anyway.
-    monkeypatch.setattr(google.auth, "default",
-                        lambda scopes=None, **_: (AnonymousCredentials(), "test-project"))
+def bucket(gcs_emulator):
+    # storage's client goes anonymous by itself under STORAGE_EMULATOR_HOST; Beam never
+    # touches gs:// here, so its slow credential lookup is not reached.
     name = "p3m-ingest"
     if gcs_emulator.lookup_bucket(name) is None:
         gcs_emulator.create_bucket(name)
@@ -25,15 +27,21 @@ def bucket(gcs_emulator, monkeypatch):
 
 
 def test_gcs_source_and_destination_give_the_local_shards(bucket, tmp_path):
-    synth = make_p3m(tmp_path / "P3M-10k", links=False)  # object stores have no symlinks
+    synth = make_p3m(tmp_path / "P3M-10k", filesystem=False)  # no symlinks in a bucket
     for path in sorted(synth.root.rglob("*")):
         if path.is_file():
             bucket.blob(f"data/P3M-10k/{path.relative_to(synth.root).as_posix()}") \
                 .upload_from_filename(str(path))
-    local = run([str(synth.root), str(tmp_path / "out")])
-    remote = run(["gs://p3m-ingest/data/P3M-10k", "gs://p3m-ingest/out"])
+    local = run(str(synth.root), str(tmp_path / "out"))
+    remote = run("gs://p3m-ingest/data/P3M-10k", "gs://p3m-ingest/out")
 
     assert remote["source"] == "gs://p3m-ingest/data/P3M-10k"
+    # What the generator made, not what the local run says: both could be wrong alike.
+    assert remote["files_listed"] == len(synth.files)
+    assert {split: info["pairs"] for split, info in remote["splits"].items()} == {
+        split: synth.pairs(split) for split in synth.accepted}
+    assert {(r["split"], r["key"]): r["reason"] for r in remote["rejects"]} == synth.rejects
+    assert remote["ignored"] == synth.ignored
     assert remote["splits"] == local["splits"]  # same shards, byte for byte (sha256)
     assert remote["rejects"] == local["rejects"] and remote["ignored"] == local["ignored"]
     written = sorted(blob.name for blob in bucket.list_blobs(prefix="out/"))
@@ -46,3 +54,22 @@ def test_gcs_source_and_destination_give_the_local_shards(bucket, tmp_path):
         for shard in info["shards"]:
             data = bucket.blob(f"out/{shard['path']}").download_as_bytes()
             assert data == (tmp_path / "out" / shard["path"]).read_bytes()
+
+
+def test_arrange_reads_and_writes_a_bucket(bucket):
+    files = {"plain/images/a1.jpg": b"photo 1", "plain/masks/a1.png": b"mask 1",
+             "plain/images/a2.jpg": b"photo 2", "plain/masks/a2.png": b"mask 2",
+             "plain/images/.DS_Store": b"hidden: not data", "plain/README": b"not a folder"}
+    for name, data in files.items():
+        bucket.blob(name).upload_from_string(data)
+    counts = arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest/arranged", validation=0.0)
+    assert counts == {"train_images": 2, "train_masks": 2, "validation_images": 0,
+                      "validation_masks": 0, "unreadable": 0}
+    written = {blob.name: blob.download_as_bytes()
+               for blob in bucket.list_blobs(prefix="arranged/")}
+    assert written == {"arranged/train/blurred_image/a1.jpg": b"photo 1",
+                       "arranged/train/blurred_image/a2.jpg": b"photo 2",
+                       "arranged/train/mask/a1.png": b"mask 1",
+                       "arranged/train/mask/a2.png": b"mask 2"}
+    with pytest.raises(ValueError, match="not empty"):
+        arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest/arranged")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipelines import p3m_layout as layout
-from pipelines.p3m_layout import Pair, Record, Reject
-from pipelines.storage import is_hidden
+from pipelines.p3m_layout import Entry, Pair, Record, Reject
+from storage import ObjectInfo, Refused
 from tests.p3m_synth import encode, matte, photo, trimap_of
 
 RNG = np.random.default_rng(0)
@@ -34,29 +34,45 @@ def test_classify(relative, expected):
     assert layout.classify(relative) == expected
 
 
-def test_hidden_files_and_dangling_links_are_listed(tmp_path):
+def test_hidden_files_and_refused_entries_are_listed(tmp_path):
     (tmp_path / "train" / "mask").mkdir(parents=True)
     (tmp_path / "train" / "mask" / "a.png").write_bytes(b"12345")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD").write_bytes(b"x")
     (tmp_path / "train" / "mask" / "b.png").symlink_to(tmp_path / "missing.png")
-    listed = dict(layout.list_files(str(tmp_path)))
-    assert listed == {"train/mask/a.png": 5, ".git/HEAD": 1, "train/mask/b.png": 0}
-    assert is_hidden(".git/HEAD") and not is_hidden("train/mask/a.png")
+    listed = {entry.key: entry for entry in layout.list_files(str(tmp_path))}
+    assert set(listed) == {"train/mask/a.png", ".git/HEAD", "train/mask/b.png"}
+    assert isinstance(listed["train/mask/a.png"], ObjectInfo)
+    assert listed["train/mask/a.png"].size == 5 and listed[".git/HEAD"].size == 1
+    assert listed["train/mask/b.png"] == Refused("train/mask/b.png", "dangling symlink")
     with pytest.raises(FileNotFoundError):
         list(layout.list_files(str(tmp_path / "nope")))
 
 
+def test_an_undecodable_name_is_spelled_out():
+    assert layout.printable("train/mask/p_\udcff.png") == "train/mask/p_\\xff.png"
+    assert layout.printable("train/mask/é.png") == "train/mask/é.png"
+
+
 def test_pairing_names_every_problem():
-    image, mask = ("image", "i/k.jpg", 10), ("mask", "m/k.png", 5)
+    image, mask = Entry("image", "i/k.jpg", 10), Entry("mask", "m/k.png", 5)
     assert layout.pair_files("train", "k", [image, mask]) == Pair(
         "train", "k", {"image": "i/k.jpg", "mask": "m/k.png"}, 15)
     assert layout.pair_files("train", "k", [image]).reason == "missing_mask"
-    assert layout.pair_files("train", "k", [mask, ("trimap", "t/k.png", 1)]).reason == (
+    assert layout.pair_files("train", "k", [mask, Entry("trimap", "t/k.png", 1)]).reason == (
         "orphan_file")
-    duplicate = layout.pair_files("train", "k", [image, ("image", "i/k.png", 3), mask])
+    duplicate = layout.pair_files("train", "k", [image, Entry("image", "i/k.png", 3), mask])
     assert duplicate.reason == "duplicate_stem" and "i/k.png" in duplicate.detail
     assert duplicate.files == ("i/k.jpg", "i/k.png", "m/k.png")
+
+
+def test_a_refused_file_makes_its_pair_unreadable():
+    loop = Entry("image", "i/k.jpg", 0, "symlink loop")
+    reject = layout.pair_files("train", "k", [loop, Entry("mask", "m/k.png", 5)])
+    assert (reject.reason, reject.detail) == ("unreadable", "i/k.jpg: symlink loop")
+    assert reject.files == ("i/k.jpg", "m/k.png")
+    alone = layout.pair_files("train", "k", [loop])  # no mask either: unreadable comes first
+    assert alone.reason == "unreadable"
 
 
 @pytest.mark.parametrize(("label", "image", "ok"), [

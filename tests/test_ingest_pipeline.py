@@ -1,4 +1,7 @@
-"""The ingestion pipeline end to end on a synthetic P3M-10k holding every kind of bad pair."""
+"""The ingestion pipeline end to end on a synthetic P3M-10k holding every kind of bad pair.
+
+Every expected count comes from what ``tests/p3m_synth.py`` wrote, never from the pipeline.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline  # not the class: pytest would try to collect it
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import ingest_p3m
-from pipelines.ingest_p3m import NAMESPACE, IngestOptions, build, run, staging_prefix
+from cli import data as data_cli
+from pipelines.ingest_p3m import NAMESPACE, IngestOptions, build, launch, staging_prefix
 from pipelines.p3m_layout import REASONS
 from tests.p3m_synth import make_p3m
 
@@ -25,6 +28,12 @@ from tests.p3m_synth import make_p3m
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return make_p3m(tmp_path_factory.mktemp("p3m") / "P3M-10k")
+
+
+def ingest(source: Path, destination: Path, shard_mb: float | None = None) -> dict:
+    options = (IngestOptions(str(source), str(destination)) if shard_mb is None else
+               IngestOptions(str(source), str(destination), int(shard_mb * 2**20)))
+    return launch(options, PipelineOptions([]))
 
 
 def files_below(root: Path) -> dict[str, bytes]:
@@ -38,7 +47,7 @@ def test_graph_accepts_and_rejects_exactly_the_right_pairs(synth, tmp_path):
     assert_that(outputs["rejects"] | beam.Map(lambda r: ((r.split, r.key), r.reason)),
                 equal_to(list(synth.rejects.items())), label="Rejects")
     assert_that(outputs["manifest"] | beam.Map(lambda m: m["pairs"]),
-                equal_to([sum(len(keys) for keys in synth.accepted.values())]), label="Pairs")
+                equal_to([synth.pairs()]), label="Pairs")
     result = p.run()
     result.wait_until_finish()
     counters = {counter.key.metric.name: counter.committed for counter in
@@ -46,20 +55,25 @@ def test_graph_accepts_and_rejects_exactly_the_right_pairs(synth, tmp_path):
     expected = Counter(f"rejected_{reason}" for reason in synth.rejects.values())
     assert set(expected) == {f"rejected_{reason}" for reason in REASONS}  # every kind is made
     assert {name: n for name, n in counters.items() if name.startswith("rejected_")} == expected
-    assert counters["pairs_accepted"] == sum(len(keys) for keys in synth.accepted.values())
+    assert counters["pairs_accepted"] == synth.pairs()
     assert counters["masks_resized"] == len(synth.resized)
-    assert counters["files_listed"] == sum(1 for path in synth.root.rglob("*")
-                                           if path.is_file() or path.is_symlink())
+    assert counters["files_listed"] == len(synth.files)
 
 
 def test_manifest_accounts_for_every_file(synth, tmp_path):
-    manifest = run([str(synth.root), str(tmp_path / "out")])
+    manifest = ingest(synth.root, tmp_path / "out")
     assert manifest == json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["source"] == str(synth.root)
+    assert manifest["files_listed"] == len(synth.files)
     assert {split: info["pairs"] for split, info in manifest["splits"].items()} == {
-        split: len(keys) for split, keys in synth.accepted.items()}
+        split: synth.pairs(split) for split in synth.accepted}
+    assert {split: info["rejected"] for split, info in manifest["splits"].items()} == {
+        split: synth.rejected(split) for split in synth.accepted}
     assert {(r["split"], r["key"]): r["reason"] for r in manifest["rejects"]} == synth.rejects
     assert all(r["detail"] and r["files"] for r in manifest["rejects"])
+    details = {r["key"]: r["detail"] for r in manifest["rejects"]}
+    assert details["p_loop"] == "train/blurred_image/p_loop.jpg: symlink loop"
+    assert details["train/fg/p_gone.jpg"] == "dangling symlink"
     assert manifest["ignored"] == synth.ignored
     assert manifest["rejected_by_reason"] == {
         reason: list(synth.rejects.values()).count(reason) for reason in REASONS}
@@ -71,11 +85,13 @@ def test_manifest_accounts_for_every_file(synth, tmp_path):
                                                                      shard["sha256"])
     listed = {shard["path"] for info in manifest["splits"].values() for shard in info["shards"]}
     assert set(files_below(tmp_path / "out")) == listed | {"manifest.json"}  # no staging left
+    assert [path.name for path in (tmp_path / "out").iterdir() if path.is_dir()
+            and path.name.startswith(".")] == []  # nor its folders
 
 
 def test_rerun_is_byte_identical_and_replaces_the_previous_shards(synth, tmp_path):
     out = tmp_path / "out"
-    run([str(synth.root), str(out)])
+    ingest(synth.root, out)
     first = files_below(out)
     # A killed earlier run with these options left a staged shard behind: it must not leak.
     leftover = Path(staging_prefix(IngestOptions(str(synth.root), str(out)))) / "train"
@@ -83,47 +99,54 @@ def test_rerun_is_byte_identical_and_replaces_the_previous_shards(synth, tmp_pat
     (leftover / "train-00099.tfrecord").write_bytes(b"half a shard")
     # And one that died mid-publish left a shard no manifest lists: it must go too.
     (out / "train" / "train-00042.tfrecord").write_bytes(b"orphan")
-    run([str(synth.root), str(out)])
-    assert files_below(out) == first
-    small = run([str(synth.root), str(out), "--shard-mb", "0.002"])  # ~2 KB: several shards
+    (out / "train" / "notes.txt").write_bytes(b"not ours")  # never deleted: not a shard name
+    ingest(synth.root, out)
+    assert files_below(out) == {**first, "train/notes.txt": b"not ours"}
+    small = ingest(synth.root, out, shard_mb=0.002)  # ~2 KB: several shards
     assert len(small["splits"]["train"]["shards"]) > 1
-    assert small["splits"]["train"]["pairs"] == len(synth.accepted["train"])
+    assert small["splits"]["train"]["pairs"] == synth.pairs("train")
     listed = {shard["path"] for info in small["splits"].values() for shard in info["shards"]}
-    assert set(files_below(out)) == listed | {"manifest.json"}  # old shards removed
+    assert set(files_below(out)) == listed | {"manifest.json", "train/notes.txt"}
 
 
 def test_clean_data_has_no_rejects(tmp_path):
     clean = make_p3m(tmp_path / "P3M-10k", train=3, validation=1, bad=False)
-    manifest = run([str(clean.root), str(tmp_path / "out")])
+    manifest = ingest(clean.root, tmp_path / "out")
     assert manifest["rejected"] == 0 and manifest["rejects"] == []
-    assert manifest["pairs"] == sum(len(keys) for keys in clean.accepted.values())
+    assert manifest["pairs"] == clean.pairs() == 3 + 5 + 1 + 1  # train + awkward + P + NP
 
 
 def test_a_source_without_files_fails_and_publishes_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="no files found"):
-        run([str(tmp_path / "empty"), str(tmp_path / "out")])
+        ingest(tmp_path / "empty", tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_options_refuse_a_non_positive_shard_size():
+    with pytest.raises(ValueError, match="positive"):
+        IngestOptions("src", "dst", 0)
 
 
 def test_cli_subcommands(synth, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="matte")
     commands = parser.add_subparsers(dest="command", required=True)
-    ingest_p3m.add_cli(commands)
+    data_cli.add_commands(commands)
     args = parser.parse_args(["ingest", str(synth.root), str(tmp_path / "out"),
-                              "--shard-mb", "1", "--direct_num_workers", "1"])
+                              "--shard-mb", "0.002", "--direct_num_workers", "1"])
     assert args.handler(args) == 0
     printed = capsys.readouterr().out
-    assert "train: 9 pairs in 1 shards, 10 rejected" in printed
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert len(manifest["splits"]["train"]["shards"]) > 1  # --shard-mb after SRC DST counted
+    assert (f"train: {synth.pairs('train')} pairs in {len(manifest['splits']['train']['shards'])}"
+            f" shards, {synth.rejected('train')} rejected") in printed
     assert "1 duplicate_stem" in printed
     args = parser.parse_args(["arrange-p3m", str(tmp_path / "plain"), str(tmp_path / "p3m")])
-    assert args.handler.__name__ == "_cmd_arrange"
+    assert args.handler.__name__ == "_arrange"
 
 
 def test_direct_runner_is_pinned_to_the_in_process_runner():
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    from pipelines.options import pinned_runner
+    from pipelines.runners import pinned_runner
 
     assert isinstance(pinned_runner(PipelineOptions([])), FnApiRunner)
     assert isinstance(pinned_runner(PipelineOptions(["--runner", "DirectRunner"])), FnApiRunner)

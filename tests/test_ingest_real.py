@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from model import data
 from model.imaging import decode_image, decode_mask
 from pipelines.arrange import arrange_p3m, is_validation, natural_key
-from pipelines.ingest_p3m import run
+from pipelines.ingest_p3m import IngestOptions, launch
 from pipelines.p3m_layout import fit_mask, is_rescaled
 from tests.conftest import shared_path
 
@@ -25,7 +26,7 @@ def human_seg() -> Path:
 def test_arrange_is_deterministic_and_splits_by_stem(human_seg, tmp_path):
     first = arrange_p3m(human_seg, tmp_path / "a", limit=LIMIT, validation=0.25)
     second = arrange_p3m(human_seg, tmp_path / "b", limit=LIMIT, validation=0.25)
-    assert first == second and sum(first.values()) == 2 * LIMIT
+    assert first == second and sum(first.values()) == 2 * LIMIT and first["unreadable"] == 0
 
     def listing(root: Path) -> list[str]:
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
@@ -45,7 +46,8 @@ def test_arrange_is_deterministic_and_splits_by_stem(human_seg, tmp_path):
 def test_real_photos_round_trip_through_ingestion_and_the_reader(human_seg, tmp_path):
     """All 194 pairs (~10 s): two thirds have masks smaller than the photo, the rest not."""
     arrange_p3m(human_seg, tmp_path / "P3M-10k", validation=0.25)
-    manifest = run([str(tmp_path / "P3M-10k"), str(tmp_path / "shards")])
+    manifest = launch(IngestOptions(str(tmp_path / "P3M-10k"), str(tmp_path / "shards")),
+                      PipelineOptions([]))
     assert manifest["rejected"] == 0, manifest["rejects"]
     assert manifest["pairs"] == len(list((human_seg / "Training_Images").iterdir()))
     resized = 0

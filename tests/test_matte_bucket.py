@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import struct
 import tempfile
 import zlib
@@ -18,10 +19,11 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from PIL import Image
 
-from model.cli import main as cli_main
+from cli.bucket import run
+from cli.main import main as cli_main
 from model.imaging import decode_image, decode_mask
 from model.outputs import OutputOptions, render
-from pipelines.matte_bucket import counter, run
+from pipelines.matte_bucket import counter
 
 GOOD = {  # key in the input folder -> official test photo
     "girl.png": "girl.png",
@@ -101,7 +103,7 @@ def outputs(out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_folder_run_matches_the_cli_and_reruns_incrementally(tmp_path, official_testdata,
-                                                            u2netp_onnx, lite_matter):
+                                                            u2netp_onnx, lite_matter, capsys):
     root, out = make_input(tmp_path / "in", official_testdata), tmp_path / "out"
     args = [str(root), str(out), "--weights", str(u2netp_onnx), "--max-batch-size", "4"]
     result = run([*args, "--run-id", "first"])
@@ -140,6 +142,22 @@ def test_folder_run_matches_the_cli_and_reruns_incrementally(tmp_path, official_
 
     # Nothing was written outside OUT_URI (the CLI's own outputs aside).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli", "in", "out"]
+
+    # `matte p` plans with the same planner: the same output keys, bytes and dead letters...
+    folder_out = tmp_path / "p"
+    capsys.readouterr()
+    assert cli_main(["p", str(root), str(folder_out), "--weights", str(u2netp_onnx)]) == 1
+    printed = capsys.readouterr().out
+    assert outputs(folder_out) == expected
+    for key in expected:
+        assert (folder_out / key).read_bytes() == (out / key).read_bytes(), key
+    assert f"ok: {len(GOOD)}  skipped: 0  failed: {len(BAD)}" in printed
+    for key, reason in BAD.items():
+        assert f"failed {key}: " in printed and reason in printed, key
+    # ...and the same "done" records: the bucket job finds nothing left to do there.
+    result = run([str(root), str(folder_out), "--weights", str(u2netp_onnx), "--run-id", "p"])
+    assert counter(result, "skipped") == len(GOOD) and counter(result, "ok") == 0
+    shutil.rmtree(folder_out)
 
     os.utime(root / "girl.png")  # a changed source is redone, the rest skipped
     result = run([*args, "--run-id", "second"])

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.matte_bucket import counter, run
+from cli.bucket import run
+from pipelines.matte_bucket import counter
 from tests.test_matte_bucket import outputs, run_records, write_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_rerun_after_a_kill_finishes_the_rest_exactly_once(tmp_path, official_te
     args = [str(root), str(out), "--weights", str(u2netp_onnx), "--min-batch-size", "1",
             "--max-batch-size", "1", "--writer-threads", "1"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.matte_bucket", *args, "--run-id", "killed"],
+        [sys.executable, "-m", "cli.main", "bucket", *args, "--run-id", "killed"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -9,7 +9,9 @@ import pytest
 from apache_beam.runners.portability import prism_runner
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.options import OptionsError, add_cli, main, parse, pinned_runner
+from cli.bucket import add_commands, main, parse
+from pipelines.options import OptionsError
+from pipelines.runners import pinned_runner
 
 GPU = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 
@@ -31,7 +33,7 @@ def test_defaults_and_beam_flags_pass_through(tmp_path):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["{tmp}", "{tmp}"], "must not be OUT_URI"),
+    (["{tmp}", "{tmp}"], "must not be the output folder"),
     (["{tmp}/in", "{tmp}"], "input folder not found"),
     (["{tmp}", "{tmp}/o", "--jpeg"], "needs --bgcolor"),
     (["{tmp}", "{tmp}/o", "--min-batch-size", "9"], "--min-batch-size"),
@@ -92,7 +94,7 @@ def test_direct_runner_is_pinned_to_the_python_runner_never_prism(monkeypatch, t
 def test_cli_subcommand_forwards_every_argument(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="matte")
     commands = parser.add_subparsers(dest="command", required=True)
-    add_cli(commands)
+    add_commands(commands)
     args = parser.parse_args(["bucket", "in", "out", "--weights", "w", "--runner", "X"])
     assert args.argv == ["in", "out", "--weights", "w", "--runner", "X"]
     assert parser.parse_args(["bucket", "--help"]).argv == ["--help"]
