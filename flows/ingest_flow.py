@@ -1,8 +1,8 @@
 """Prefect flow: run the P3M-10k ingestion pipeline, then publish what it accepted and rejected.
 
-Thin by design: the work is ``pipelines.ingest_p3m.run`` (the same entry point as
-``matte ingest``); the flow adds retries, typed parameters and two artifacts, a table of counts
-per split (plus one of rejects) and a markdown summary.
+Thin by design: the work is ``pipelines.ingest_p3m.launch`` (what ``matte ingest`` calls too),
+given typed options; the flow adds retries, typed parameters and its artifacts: a table of
+counts per split (plus one of rejects) and a markdown summary.
 
     python -m flows.ingest_flow SRC DST                      # DirectRunner (in-process)
     ingest_flow(SRC, DST, runner="DataflowRunner", beam_args=["--project", "P", ...])
@@ -13,11 +13,13 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
+from apache_beam.options.pipeline_options import PipelineOptions
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
 from pipelines import ingest_p3m
+from pipelines.ingest_p3m import IngestOptions
 
 COUNTS_KEY = "p3m-ingest-counts"
 REJECTS_KEY = "p3m-ingest-rejects"
@@ -30,8 +32,9 @@ MAX_REJECT_ROWS = 1000  # the manifest keeps them all; an artifact this long is 
 @task(retries=1, retry_delay_seconds=30)
 def run_ingestion(source: str, destination: str, runner: str, shard_mb: float,
                   beam_args: list[str]) -> dict:
-    return ingest_p3m.run([source, destination, "--shard-mb", str(shard_mb),
-                           "--runner", runner, *beam_args])
+    options = IngestOptions(source, destination, int(shard_mb * 2**20))
+    # beam_args carry what only a runner needs (a Dataflow project, region, temp location).
+    return ingest_p3m.launch(options, PipelineOptions(beam_args, runner=runner))
 
 
 def count_rows(manifest: dict) -> list[dict]:

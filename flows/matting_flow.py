@@ -1,11 +1,11 @@
 """Prefect flow: the nightly matting run over a bucket, with the champion model.
 
-Thin by design: the work is ``pipelines.matte_bucket.run`` (the same entry point as
-``matte bucket``). The flow resolves the model, shows progress while the pipeline runs, and
-publishes a table artifact (counts, throughput, dead letters) and a markdown artifact with a
-few before/after thumbnails. Individual bad photos never fail the run: they are dead letters.
-It fails (red in the dashboard) only for systemic errors: the pipeline raising, or every photo
-failing at the model or write stage.
+Thin by design: the work is ``pipelines.matte_bucket.launch`` with typed options (what
+``matte bucket`` calls too). The flow resolves the model, shows progress while the pipeline
+runs, and publishes a table artifact (counts, throughput, dead letters) and a markdown
+artifact with a few before/after thumbnails. Individual bad photos never fail the run: they
+are dead letters. It fails (red in the dashboard) only for systemic errors: the pipeline
+raising, or every photo failing at the model or write stage.
 
     python -m flows.matting_flow IN_URI OUT_URI [--model lite]     # one run, ephemeral API
 """
@@ -13,11 +13,11 @@ failing at the model or write stage.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import threading
 
+from apache_beam.options.pipeline_options import PipelineOptions
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -27,12 +27,13 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel, Field
 
-from flows.thumbnails import before_after_png
-from model.imaging import ImageError
-from model.registry import Registry, RegistryError
+from model.imaging import ImageError, parse_color
+from model.outputs import OutputOptions
+from operations.pictures import before_after, markdown_image
+from operations.registry import Registry, RegistryError
 from pipelines import matte_bucket
-from pipelines.options import new_run_id
-from pipelines.storage import open_store
+from pipelines.options import BucketOptions, new_run_id
+from storage import IO_ERRORS, open_store
 
 SUMMARY_KEY = "matting-summary"
 DEAD_LETTERS_KEY = "matting-dead-letters"
@@ -56,12 +57,12 @@ class MattingParams(BaseModel):
 
 # Reading the registry is idempotent I/O: safe to retry on a transient storage error.
 @task(retries=2, retry_delay_seconds=10)
-def resolve_model(model: str, registry_uri: str) -> list[str]:
-    """``--model``/``--weights`` arguments; the champion's .keras for ``model="champion"``."""
+def resolve_model(model: str, registry_uri: str) -> tuple[str, str | None]:
+    """(variant, weights URI): the champion's .keras for ``model="champion"``."""
     if model in ("lite", "full"):
-        return ["--model", model]
+        return model, None
     if model != "champion":
-        return ["--weights", model]
+        return "lite", model
     registry = Registry(registry_uri)
     # The model's URI (gs:// stays gs://, as Dataflow workers need); the pipeline downloads it.
     try:
@@ -73,7 +74,18 @@ def resolve_model(model: str, registry_uri: str) -> list[str]:
         get_run_logger().error("champion pointer refused (%s); serving the previous "
                                "champion %s", error, fallback)
         uri = registry.model_uri(fallback)
-    return ["--weights", uri]
+    return "lite", uri
+
+
+def bucket_options(params: MattingParams, variant: str, weights: str | None,
+                   run_id: str) -> tuple[BucketOptions, PipelineOptions]:
+    """The pipeline's typed options for one run of this flow."""
+    output = OutputOptions(only_mask=params.only_mask,
+                           bgcolor=parse_color(params.bgcolor) if params.bgcolor else None)
+    options = BucketOptions(params.input_uri, params.output_uri, output, model=variant,
+                            weights=weights, min_batch_size=params.max_batch_size,
+                            max_batch_size=params.max_batch_size, run_id=run_id)
+    return options, PipelineOptions(params.beam_args, runner=params.runner)
 
 
 def _count(uri: str) -> int:
@@ -81,15 +93,9 @@ def _count(uri: str) -> int:
 
 
 @task
-def run_pipeline(params: MattingParams, model_args: list[str], run_id: str) -> str:
+def run_pipeline(params: MattingParams, variant: str, weights: str | None, run_id: str) -> str:
     """The Beam run; a progress artifact follows the outputs' state records as they land."""
-    argv = [params.input_uri, params.output_uri, *model_args, "--run-id", run_id,
-            "--max-batch-size", str(params.max_batch_size), "--runner", params.runner,
-            *params.beam_args]
-    if params.only_mask:
-        argv.append("--only-mask")
-    if params.bgcolor:
-        argv += ["--bgcolor", params.bgcolor]
+    options, pipeline_options = bucket_options(params, variant, weights, run_id)
     # Progress = state records (one per finished photo) added since the start, over the
     # inputs; only the _state/ prefix is listed, not the whole output bucket.
     state_uri = f"{params.output_uri.rstrip('/')}/_state"
@@ -106,7 +112,7 @@ def run_pipeline(params: MattingParams, model_args: list[str], run_id: str) -> s
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     try:
-        matte_bucket.run(argv)
+        matte_bucket.launch(options, pipeline_options)
     finally:
         finished.set()
         follower.join()
@@ -150,13 +156,11 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
     source, out = open_store(params.input_uri), open_store(params.output_uri)
     for record in [r for r in records if r["status"] == "ok"][:params.thumbnails]:
         try:
-            png = before_after_png(source.read(record["key"]), out.read(record["output"]))
-        except (*matte_bucket.IO_ERRORS, ImageError) as error:  # e.g. deleted since the run
+            png = before_after(source.read(record["key"]), out.read(record["output"]))
+        except (*IO_ERRORS, ImageError) as error:  # e.g. deleted since the run
             get_run_logger().warning("no thumbnail for %s: %s", record["key"], error)
             continue
-        data = base64.b64encode(png).decode()
-        lines += [f"**{record['key']}**", "", f"![{record['key']}](data:image/png;base64,{data})",
-                  ""]
+        lines += [f"**{record['key']}**", "", markdown_image(record["key"], png), ""]
     for letter in letters[:20]:
         lines.append(f"- dead letter `{letter['key']}` ({letter['stage']}): {letter['reason']}")
     create_markdown_artifact(key=THUMBNAILS_KEY, markdown="\n".join(lines))
@@ -177,8 +181,8 @@ def check_systemic(summary: dict, letters: list[dict]) -> None:
 def matting_flow(params: MattingParams) -> dict:
     """Matte every new photo under ``params.input_uri`` into ``params.output_uri``."""
     run_id = new_run_id()
-    model_args = resolve_model(params.model, params.registry_uri)
-    run_pipeline(params, model_args, run_id)
+    variant, weights = resolve_model(params.model, params.registry_uri)
+    run_pipeline(params, variant, weights, run_id)
     summary, records, letters = read_run(params.output_uri, run_id)
     publish(params, summary, records, letters)
     check_systemic(summary, letters)

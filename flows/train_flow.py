@@ -1,10 +1,10 @@
 """Prefect flow: ingest (if needed) -> train -> evaluate -> register -> promote, with plots.
 
-Thin: the work is ``model.train.train``, ``model.evaluate``, ``model.registry`` and
-``model.plots``. The candidate and the champion are evaluated on the same split with the same
-protocol (the ``eval_key``) before they are compared. ``baseline_weights`` (an official .onnx)
-seeds an empty registry with the imported official model as the first champion, so a
-fine-tuned model is promoted only if it beats the weights it started from.
+Thin: the work is ``model.train.train``, ``model.evaluate``, ``operations.registry`` and
+``operations.pictures``. The candidate and the champion are evaluated on the same split with
+the same protocol (the ``eval_key``) before they are compared. ``baseline_weights`` (an
+official .onnx) seeds an empty registry with the imported official model as the first
+champion, so a fine-tuned model is promoted only if it beats the weights it started from.
 
 Retries: only the idempotent I/O (registering a version, whose id is its content hash;
 recording an evaluation; the compare-and-swap promotion; artifacts). Training resumes from its
@@ -21,22 +21,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field
 
+import storage
 from flows.ingest_flow import ingest_flow
-from model import plots
 from model.configs import from_dict, load_config, parse_override
 from model.evaluate import evaluate_model, protocol_name, split_examples, write_report
 from model.export import save_keras
 from model.matting import Matter
 from model.metrics import METRIC_NAMES
-from model.registry import Registry, manifest_hash
 from model.train import train
 from model.weights import import_onnx
+from operations import pictures
+from operations.registry import Registry, manifest_hash
 
 REPORT_KEY = "train-report"
 METRICS_KEY = "train-metrics"
@@ -99,7 +99,7 @@ def publish(decision: dict, summaries: dict[str, dict], figures: dict[str, bytes
              f"(champion before: `{decision['champion']}`).", ""]
     titles = {"loss": "Loss curves", "metrics": "Metrics", "grid": "Photo / prediction / truth"}
     for name, png in figures.items():
-        lines += [f"## {titles.get(name, name)}", plots.markdown_image(png, name), ""]
+        lines += [f"## {titles.get(name, name)}", pictures.markdown_image(name, png), ""]
     create_markdown_artifact(key=REPORT_KEY, markdown="\n".join(lines),
                              description=f"training run, candidate {decision['candidate']}")
     rows = [{"model": label, **{name: round(summary[name], 6) for name in METRIC_NAMES}}
@@ -122,7 +122,7 @@ def train_flow(params: TrainFlowParams) -> dict:
     # deterministic and idempotent (unchanged data gives the same shards and manifest hash).
     if params.source is not None:
         ingest_flow(params.source, params.data_root)
-    elif not tf.io.gfile.exists(f"{params.data_root.rstrip('/')}/manifest.json"):
+    elif not storage.exists(f"{params.data_root.rstrip('/')}/manifest.json"):
         raise ValueError(f"{params.data_root} is not ingested and no source was given")
     config = load_config(params.config, {**params.overrides, "data_root": params.data_root})
     if not config.validation_split:
@@ -152,9 +152,9 @@ def train_flow(params: TrainFlowParams) -> dict:
             record(registry.root, champion, eval_key,
                    evaluate(str(registry.local_model(champion)), "champion"))
         summaries[f"champion {champion[:8]}"] = registry.evaluation(champion, eval_key)["metrics"]
-    figures = {"loss": plots.loss_curves(trained["history"]),
-               "metrics": plots.metric_bars(summaries),
-               "grid": plots.prediction_grid(candidate["samples"])}
+    figures = {"loss": pictures.loss_curves(trained["history"]),
+               "metrics": pictures.metric_bars(summaries),
+               "grid": pictures.prediction_grid(candidate["samples"])}
     version = register(registry.root, trained["model_path"], config.to_dict(), data_hash,
                        figures)
     record(registry.root, version, eval_key, candidate)

@@ -130,8 +130,8 @@ def test_killed_run_is_finished_by_the_next_run(tmp_path, official_testdata, u2n
 def test_corrupted_champion_pointer_is_refused_and_the_last_champion_keeps_serving(
         prefect_harness, tmp_path, official_testdata, u2netp_onnx):
     from model.export import save_keras
-    from model.registry import Registry, RegistryError
     from model.weights import import_onnx
+    from operations.registry import Registry, RegistryError
 
     registry = Registry(str(tmp_path / "registry"))
     model_file = save_keras(import_onnx(u2netp_onnx, batch_norm=False), tmp_path / "m.keras")

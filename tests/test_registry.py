@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from model.registry import CHAMPION, Registry, RegistryError
+from cli import training
+from operations.registry import CHAMPION, Registry, RegistryError
 
 EVAL = "P3M-500-P-0123abcd-p3m-max1600-x32"
 
@@ -166,3 +171,33 @@ def test_registry_on_gcs(gcs_emulator, tmp_path):
     gcs_emulator.bucket("registry-test").blob(f"matting/{CHAMPION}").upload_from_string(b"[]")
     with pytest.raises(RegistryError, match="is corrupt"):
         registry.champion()
+
+
+def run_promote(*argv: str) -> int:
+    """``matte promote`` through ``cli.training``'s parser alone, as ``cli.main`` runs it."""
+    parser = argparse.ArgumentParser(prog="matte")
+    training.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["promote", *argv])
+    return args.handler(args)
+
+
+def test_promote_command_exits_3_when_the_champion_is_kept(registry, tmp_path, capsys):
+    champion = add_version(registry, tmp_path, "a", iou=0.7)
+    worse = add_version(registry, tmp_path, "b", iou=0.6)
+    assert run_promote(registry.root, champion, "--eval-key", EVAL) == 0
+    capsys.readouterr()
+    assert run_promote(registry.root, worse, "--eval-key", EVAL, "--metric", "iou") == 3
+    printed = json.loads(capsys.readouterr().out)  # the decision, for the calling script
+    assert (printed["candidate"], printed["promoted"]) == (worse, False)
+    assert registry.champion() == champion
+
+
+def test_training_commands_load_no_tensorflow_until_they_run():
+    # `matte -h` builds every parser: registering `train` must not import TensorFlow.
+    code = ("import sys, argparse; from cli import training; "
+            "training.add_commands(argparse.ArgumentParser().add_subparsers()); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'operations.registry') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"

@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.train_flow import METRICS_KEY, REPORT_KEY, TrainFlowParams, train_flow
-from model.registry import Registry
+from operations.registry import Registry
 from tests.p3m_synth import make_p3m
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,1 @@
+"""Operations: the model registry, run reports and dashboard pictures (what operators watch)."""
