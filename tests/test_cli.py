@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.cli import main
+from cli.main import main
 from model.imaging import decode_image, decode_mask
 
 
@@ -56,7 +56,9 @@ def test_folder_run_reports_failures_and_skips_done_files(photos, u2netp_onnx, t
     assert "failed empty.jpg: empty file" in report
     assert "failed truncated.png: truncated or corrupt" in report
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["girl.png", "im_14.png", "sub dir/hockey é.png"]
+    cutouts = ["girl.png", "im_14.png", "sub dir/hockey é.png"]
+    # Each cut-out and its "done" record (the planner's, shared with `matte bucket`).
+    assert written == sorted([*cutouts, *(f"_state/{key}.json" for key in cutouts)])
     assert not list(out.rglob(".*"))  # no temp files left behind
 
     assert main(args) == 1
@@ -101,12 +103,12 @@ def test_eval_of_a_prediction_folder(tmp_path, capsys):
     pred[5:15, 5:10] = 0  # half the square missed: IoU 0.5, MAD 50/400
     Image.fromarray(gt).save(gt_dir / "a.png")
     Image.fromarray(pred).save(pred_dir / "a.png")
-    csv_path = tmp_path / "per_image.csv"
-    assert main(["eval", str(pred_dir), str(gt_dir), "--csv", str(csv_path)]) == 0
+    report = tmp_path / "report"
+    assert main(["evaluate", str(pred_dir), "--masks", str(gt_dir), "--out", str(report)]) == 0
     table = capsys.readouterr().out
     assert "       iou 0.5000" in table
     assert "       mad 0.1250" in table
-    assert csv_path.read_text().startswith("key,sad,mse,mad")
+    assert (report / "per_image.csv").read_text().startswith("key,sad,mse,mad")
 
 
 def test_console_script_runs_as_installed(photos, u2netp_onnx, tmp_path):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.model_handler import visible_gpus
-from pipelines.options import parse
+from cli.bucket import parse
+from pipelines.gpu import visible_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -81,12 +81,12 @@ def test_entrypoint_hands_over_to_beams_boot(tmp_path):
 
 def test_the_documented_dataflow_command_passes_validation():
     readme = (INFRA / "README.md").read_text()
-    block = re.search(r"```bash\n(python -m pipelines\.matte_bucket .+?)\n```", readme, re.S)
+    block = re.search(r"```bash\n(matte bucket gs://.+?)\n```", readme, re.S)
     command = block.group(1).replace("\\\n", " ")
     values = {"BUCKET": "my-bucket", "PROJECT": "my-project", "REGION": "us-central1",
               "IMAGE": "us-central1-docker.pkg.dev/my-project/matting/matte-worker:abc"}
     command = re.sub(r"\$(\w+)", lambda match: values[match.group(1)], command)
-    argv = shlex.split(command)[3:]
+    argv = shlex.split(command)[2:]
     options, pipeline_options = parse(argv)
     assert options.require_gpu and options.input_uri == "gs://my-bucket/uploads"
     assert pipeline_options.get_all_options()["dataflow_service_options"] == [

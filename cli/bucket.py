@@ -1,0 +1,108 @@
+"""``matte bucket IN_URI OUT_URI``: every photo of a folder or gs:// prefix, with Beam.
+
+Our flags are parsed here; every other ``--flag`` goes to Beam's ``PipelineOptions``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli.flags import add_limit_flags, add_model_flags, add_output_flags, output_options
+
+BEAM_HELP = """\
+Any other --flag is a Beam pipeline option, e.g.
+  DirectRunner (default): --direct_running_mode in_memory|multi_threading|multi_processing
+                          --direct_num_workers N
+  Dataflow: --runner DataflowRunner --project P --region R --temp_location gs://B/tmp
+            --sdk_container_image REGION-docker.pkg.dev/P/REPO/matte-worker:TAG
+            --sdk_location container --machine_type g2-standard-4
+            --dataflow_service_options \\
+              "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+See infra/README.md.
+
+exit codes: 0 every photo matted or already done, 1 some photos are dead letters,
+2 options that cannot work (one line saying what to pass)."""
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``matte bucket``; its arguments go verbatim to :func:`main`.
+
+    Beam's flags are open-ended, so the subcommand parses nothing itself: with '+' as its only
+    prefix character, argparse takes every '--flag' (even --help) as plain text.
+    """
+    parser = commands.add_parser("bucket", add_help=False, prefix_chars="+",
+                                 help="matte a folder or gs:// prefix with Beam (local/Dataflow)")
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=lambda args: main(args.argv))
+
+
+def argument_parser(prog: str = "matte bucket") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Matte every photo under IN_URI into OUT_URI (same keys).",
+        epilog=BEAM_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input_uri", metavar="IN_URI", help="a folder or gs://bucket/prefix")
+    parser.add_argument("output_uri", metavar="OUT_URI", help="a folder or gs://bucket/prefix")
+    add_model_flags(parser)
+    add_output_flags(parser)
+    add_limit_flags(parser)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--min-batch-size", type=int, default=None,
+                        help="default: --max-batch-size; lower lets Beam adapt the batch size")
+    parser.add_argument("--writer-threads", type=int, default=0,
+                        help="threads encoding and writing outputs (0: one per core)")
+    parser.add_argument("--share-model", action="store_true",
+                        help="one model per machine, shared by its SDK processes (GPU)")
+    parser.add_argument("--require-gpu", action="store_true",
+                        help="fail when no GPU is visible (implied by a GPU accelerator flag)")
+    parser.add_argument("--run-id", default="", help="default: UTC time + random suffix")
+    return parser
+
+
+def parse(argv: list[str] | None):
+    """(BucketOptions, PipelineOptions) from one command line, validated (OptionsError)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import BucketOptions, OptionsError, validate
+
+    args, beam_args = argument_parser().parse_known_args(argv)
+    pipeline_options = PipelineOptions(beam_args)
+    try:
+        output = output_options(args)
+    except ValueError as error:
+        raise OptionsError(str(error)) from error
+    options = BucketOptions(
+        input_uri=args.input_uri, output_uri=args.output_uri, output=output,
+        model=args.model, weights=args.weights,
+        official_normalization=args.official_normalization,
+        max_pixels=args.max_pixels, max_bytes=args.max_bytes,
+        min_batch_size=(args.max_batch_size if args.min_batch_size is None
+                        else args.min_batch_size),
+        max_batch_size=args.max_batch_size, writer_threads=args.writer_threads,
+        share_model=args.share_model, require_gpu=args.require_gpu, run_id=args.run_id)
+    return validate(options, pipeline_options), pipeline_options
+
+
+def run(argv: list[str] | None = None):
+    """Parse and run to the end; the PipelineResult carries the counters."""
+    from pipelines.matte_bucket import launch
+
+    return launch(*parse(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0 when every photo was matted or skipped, 1 with dead letters, 2 on bad options."""
+    from model.weights import WeightsError
+    from pipelines.matte_bucket import counter, launch
+    from pipelines.options import OptionsError
+
+    try:
+        options, pipeline_options = parse(argv)
+        result = launch(options, pipeline_options)
+    except (OptionsError, WeightsError) as error:
+        print(f"matte bucket: error: {error}", file=sys.stderr)
+        return 2
+    counts = {name: counter(result, name) for name in ("ok", "skipped", "failed")}
+    print("  ".join(f"{name}: {value}" for name, value in counts.items())
+          + f"  -> {options.output_uri} (records in _runs/{options.run_id}/)")
+    return 1 if counts["failed"] else 0

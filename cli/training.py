@@ -1,0 +1,66 @@
+"""``matte train`` and ``matte promote``: train or fine-tune a model, and promote a version.
+
+    matte train CONFIG --run-dir DIR [--data ROOT] [--set key=value ...] [--progress]
+    matte promote REGISTRY VERSION --eval-key KEY [--metric iou]    exit 3 if not promoted
+
+The handlers import ``model.train`` (TensorFlow) and ``operations.registry`` themselves, so
+building the parser for ``matte -h`` loads neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from model.configs import METRIC_DIRECTIONS, load_config, parse_override
+
+# ``promote``'s exit status when the candidate does not beat the champion: a scripted
+# pipeline must tell "kept the champion" from "promoted" (0) and from an error (2).
+NOT_PROMOTED = 3
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.train import train
+
+    overrides = dict(parse_override(text) for text in args.set)
+    overrides["data_root"] = args.data
+    config = load_config(args.config, overrides)
+    result = train(config, args.run_dir, verbose=1 if args.progress else 2)
+    start = f"resumed at step {result.resumed_from}" if result.resumed_from else "started"
+    print(f"{config.name}: {start}, now at step {result.state.step} -> {result.model_path}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from operations.registry import Registry
+
+    decision = Registry(args.registry).promote(args.version, args.eval_key, args.metric)
+    print(json.dumps(asdict(decision), indent=2))
+    return 0 if decision.promoted else NOT_PROMOTED
+
+
+def add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train or fine-tune U²-Net (resumes a run folder)")
+    parser.add_argument("config", help="a preset (smoke, p3m10k_full, ...) or a YAML file")
+    parser.add_argument("--run-dir", required=True, help="checkpoints, logs and the model")
+    parser.add_argument("--data", help="ingested TFRecords root (overrides data_root)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set epochs=2")
+    parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
+    parser.set_defaults(handler=cmd_train)
+
+
+def add_promote(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("promote", help="make a registered version the champion if "
+                                 "it beats the current one")
+    parser.add_argument("registry", help="registry root: a folder or gs://bucket/prefix")
+    parser.add_argument("version")
+    parser.add_argument("--eval-key", required=True, help="the evaluation both are compared on")
+    parser.add_argument("--metric", default="iou", choices=sorted(METRIC_DIRECTIONS))
+    parser.set_defaults(handler=cmd_promote)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    add_train(commands)
+    add_promote(commands)
