@@ -45,7 +45,7 @@ test: lint browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check model pipelines flows tests benchmarks
+	$(BIN)/ruff check storage model operations pipelines flows cli tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference.py

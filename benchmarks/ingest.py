@@ -18,10 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from apache_beam.options.pipeline_options import PipelineOptions
 from timing import median_seconds
 
 from pipelines.arrange import arrange_p3m
-from pipelines.ingest_p3m import run
+from pipelines.ingest_p3m import IngestOptions, launch
 
 P3M_PAIRS = 10_421
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
@@ -47,7 +48,8 @@ def measure(source: Path, images: str | None, masks: str | None, scratch: Path,
     manifest: dict = {}
 
     def ingest() -> None:
-        manifest.update(run([str(dataset), str(scratch / f"{source.name}-shards"), *beam_args]))
+        options = IngestOptions(str(dataset), str(scratch / f"{source.name}-shards"))
+        manifest.update(launch(options, PipelineOptions(beam_args)))
 
     copy_s = median_seconds(lambda: plain_copy(files, dataset, scratch / "copy"), repeats)
     ingest_s = median_seconds(ingest, repeats)
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as scratch:
         scratch = Path(scratch)
         arrange_p3m(SHARED / DATASETS[0][0], scratch / "warm-up", limit=12)
-        run([str(scratch / "warm-up"), str(scratch / "warm-up-out"), *beam_args])
+        launch(IngestOptions(str(scratch / "warm-up"), str(scratch / "warm-up-out")),
+               PipelineOptions(beam_args))
         for name, images, masks in DATASETS:
             rows.append(measure(SHARED / name, images, masks, scratch, args.repeats, beam_args))
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs; Beam options: "

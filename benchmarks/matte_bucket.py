@@ -25,9 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from cli.bucket import run
 from model.imaging import decode_image
 from model.matting import Matter
-from pipelines.matte_bucket import run
 
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 SOURCES = ("u2net-official-testdata/test_images", "rembg-examples/examples",

@@ -5,6 +5,6 @@
 set -euo pipefail
 
 if [[ "${REQUIRE_GPU:-0}" == "1" ]]; then
-  "${PYTHON:-python}" -m pipelines.model_handler  # the ModelHandler's own --require-gpu check
+  "${PYTHON:-python}" -m pipelines.gpu  # the same check as the ModelHandler's --require-gpu
 fi
 exec "${BEAM_BOOT:-/opt/apache/beam/boot}" "$@"
