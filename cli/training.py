@@ -1,7 +1,8 @@
 """``matte train`` and ``matte promote``: train or fine-tune a model, and promote a version.
 
     matte train CONFIG --run-dir DIR [--data ROOT] [--set key=value ...] [--progress]
-    matte promote REGISTRY VERSION --eval-key KEY [--metric iou]    exit 3 if not promoted
+    matte promote REGISTRY VERSION --eval-key KEY [--metric iou] [--margin M] [--min-photos N]
+                                                                    exit 3 if not promoted
 
 The handlers import ``model.train`` (TensorFlow) and ``operations.registry`` themselves, so
 building the parser for ``matte -h`` loads neither.
@@ -35,7 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from operations.registry import Registry
 
-    decision = Registry(args.registry).promote(args.version, args.eval_key, args.metric)
+    decision = Registry(args.registry).promote(args.version, args.eval_key, args.metric,
+                                               margin=args.margin, min_photos=args.min_photos)
     print(json.dumps(asdict(decision), indent=2))
     return 0 if decision.promoted else NOT_PROMOTED
 
@@ -58,6 +60,14 @@ def add_promote(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("version")
     parser.add_argument("--eval-key", required=True, help="the evaluation both are compared on")
     parser.add_argument("--metric", default="iou", choices=sorted(METRIC_DIRECTIONS))
+    # A person promoting by hand has looked at the numbers: no margin or photo minimum unless
+    # asked. The train flow passes its config's promotion_margin and min_eval_photos instead.
+    parser.add_argument("--margin", type=float, default=0.0,
+                        help="the candidate must beat the champion by at least this much, in "
+                        "the metric's units (default 0: any improvement)")
+    parser.add_argument("--min-photos", type=int, default=1,
+                        help="refuse unless the candidate's evaluation counted at least this "
+                        "many photos (default 1)")
     parser.set_defaults(handler=cmd_promote)
 
 

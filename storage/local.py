@@ -1,4 +1,5 @@
-"""A local folder as a store: symlink-safe listing, atomic writes (temp file + rename)."""
+"""A local folder as a store: symlink-safe listing, atomic writes (temp file + rename) and
+create-only writes (temp file + hard link)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,31 @@ class LocalStore:
         info = self.stat(key)
         if info is None:
             raise WriteConflict(f"{path} vanished right after it was written")
+        return info
+
+    def create(self, key: str, data: bytes) -> ObjectInfo:
+        """Create-only write, the file store's ``if_generation_match=0``: ``WriteConflict`` if
+        the file exists with other bytes; the same bytes (a retried writer) are success, as on
+        GCS. A method of its own, not a mode of :meth:`write`, because files carry no
+        generation: the planner passes 0 for every existing file, so ``write`` ignores it."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            try:
+                # A hard link appears whole, like a rename, but fails if the name is taken, so
+                # two racing creators cannot both win (os.replace would let the last one win).
+                os.link(tmp_name, path)
+            except FileExistsError:
+                if not path.is_file() or path.read_bytes() != data:
+                    raise WriteConflict(f"{path} exists already with other content") from None
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+        info = self.stat(key)
+        if info is None:
+            raise WriteConflict(f"{path} vanished right after it was created")
         return info
 
     def delete(self, key: str) -> None:

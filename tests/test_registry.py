@@ -1,8 +1,10 @@
-"""The model registry: versions, direction-aware promotion, refused pointers, local and gs://."""
+"""The model registry: versions named by their weights, create-only version folders, models
+checked on load, direction-aware promotion with a margin and a photo minimum, local and gs://."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import shutil
@@ -12,22 +14,42 @@ import threading
 import time
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 
 from cli import training
+from model.export import save_keras
+from model.u2net import build_u2net
 from operations.registry import CHAMPION, Registry, RegistryError
 
 EVAL = "P3M-500-P-0123abcd-p3m-max1600-x32"
 
 
-def add_version(registry: Registry, tmp_path, name: str, **scores: float) -> str:
-    """A registered version with an evaluation; the registry stores model bytes as given."""
-    model = tmp_path / f"{name}.keras"
-    model.write_bytes(f"model {name}".encode())
+def tiny_model(path: Path, name: str) -> Path:
+    """A real, tiny ``.keras`` whose weights follow from ``name`` (a fresh model each call, so
+    its auto-generated layer names differ between calls, as they do between processes)."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
+    model.layers[0].set_weights([np.full((2, 1), seed, "float32"), np.zeros(1, "float32")])
+    return save_keras(model, path)
+
+
+def add_version(registry: Registry, tmp_path, name: str, photos: int | None = 3,
+                **scores: float) -> str:
+    """A registered version with an evaluation over ``photos`` photos; its weights follow from
+    ``name``, so the same name is the same version."""
+    model = tiny_model(tmp_path / f"{name}.keras", name)
     version = registry.register(model, {"name": name}, "f" * 64, {"loss": b"\x89PNG fake"})
     metrics = {"iou": 0.5, "mad": 0.1, **scores}
-    registry.record_evaluation(version, EVAL, {"metrics": metrics, "images": 3}, b"key,iou\n")
+    summary = {"metrics": metrics} if photos is None else {"metrics": metrics, "images": photos}
+    registry.record_evaluation(version, EVAL, summary, b"key,iou\n")
     return version
+
+
+@pytest.fixture(scope="module")
+def lite_model():
+    return build_u2net("lite", (32, 32, 3))
 
 
 @pytest.fixture
@@ -48,15 +70,75 @@ def test_register_writes_a_complete_version_once(registry, tmp_path):
     assert json.loads((folder / "data.json").read_text()) == {"manifest_sha256": "f" * 64}
 
 
+def test_the_same_weights_saved_twice_are_one_version(registry, tmp_path, lite_model):
+    first = save_keras(lite_model, tmp_path / "first.keras")
+    time.sleep(1.1)  # metadata.json records the save time in seconds: the bytes differ
+    second = save_keras(lite_model, tmp_path / "second.keras")
+    assert first.read_bytes() != second.read_bytes()
+    version = registry.register(first, {"name": "lite"}, None)
+    assert registry.register(second, {"name": "lite"}, None) == version
+    assert registry.versions() == [version]
+    folder = tmp_path / "registry" / "versions" / version
+    assert (folder / "model.keras").read_bytes() == first.read_bytes()  # the first file kept
+    record = json.loads((folder / "version.json").read_text())
+    assert record["model_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+
+    # Other weights (a tiny model: a third save of the lite one would take seconds).
+    one, other = (registry.register(tiny_model(tmp_path / f"{name}.keras", name), {}, None)
+                  for name in ("one", "other"))
+    assert len({version, one, other}) == 3
+
+
+def test_a_version_folder_is_never_rewritten(registry, tmp_path):
+    version = add_version(registry, tmp_path, "a")
+    folder = tmp_path / "registry" / "versions" / version
+    before = {path: path.read_bytes() for path in folder.glob("*.json")}
+    model = tiny_model(tmp_path / "again.keras", "a")  # the same weights, other file bytes
+    # The same weights from another config or dataset: the same version, its files kept, the
+    # other provenance recorded beside them.
+    assert registry.register(model, {"name": "other settings"}, "f" * 64) == version
+    assert registry.register(model, {"name": "a"}, "e" * 64) == version
+    assert {path: path.read_bytes() for path in folder.glob("*.json")} == before
+    others = [json.loads(path.read_text()) for path in (folder / "registrations").glob("*")]
+    assert sorted(record["data_manifest_sha256"] for record in others) == ["e" * 64, "f" * 64]
+    # An interrupted upload (no version.json) is completed by the retry, keeping its model.
+    stored = (folder / "model.keras").read_bytes()
+    (folder / "version.json").unlink()
+    assert registry.register(model, {"name": "a"}, "f" * 64) == version
+    assert (folder / "model.keras").read_bytes() == stored
+    record = json.loads((folder / "version.json").read_text())
+    assert record["model_sha256"] == hashlib.sha256(stored).hexdigest()
+    (tmp_path / "not.keras").write_bytes(b"not a zip")
+    with pytest.raises(RegistryError, match="not a .keras model file"):
+        registry.register(tmp_path / "not.keras", {"name": "x"}, None)
+
+
+def test_a_changed_model_file_is_refused_on_load(registry, tmp_path):
+    version = add_version(registry, tmp_path, "a")
+    registry.promote(version, EVAL, "iou")
+    assert registry.local_model().read_bytes() == (tmp_path / "a.keras").read_bytes()
+    model = tmp_path / "registry" / "versions" / version / "model.keras"
+    model.write_bytes(model.read_bytes()[:-1] + b"x")
+    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    for load in (registry.local_model, registry.model_uri):
+        with pytest.raises(RegistryError, match=f"version {version}: .* has sha256 {actual}, "
+                           "but version.json registered [0-9a-f]{64}; the model was changed"):
+            load(version)
+    assert registry.model_uri(version, verify=False).endswith("model.keras")
+
+
 def test_first_version_becomes_champion(registry, tmp_path):
     version = add_version(registry, tmp_path, "a", iou=0.7)
     decision = registry.promote(version, EVAL, "iou")
     assert decision.promoted and decision.champion is None and decision.reason == "no champion yet"
+    assert (decision.rule, decision.photos, decision.margin) == ("no champion", 3, 0.0)
     assert registry.champion() == version
     assert registry.model_uri().endswith(f"versions/{version}/model.keras")
     pointer = json.loads((tmp_path / "registry" / CHAMPION).read_text())
     assert pointer["score"] == 0.7 and pointer["previous"] is None
-    assert registry.promote(version, EVAL, "iou").reason == "already the champion"
+    again = registry.promote(version, EVAL, "iou")
+    assert (again.promoted, again.rule, again.reason) == (False, "already champion",
+                                                          "already the champion")
 
 
 @pytest.mark.parametrize(("metric", "better", "worse"), [
@@ -85,6 +167,34 @@ def test_an_equal_score_does_not_replace_the_champion(registry, tmp_path):
     champion = add_version(registry, tmp_path, "a", iou=0.7)
     registry.promote(champion, EVAL, "iou")
     assert not registry.promote(add_version(registry, tmp_path, "b", iou=0.7), EVAL, "iou").promoted
+
+
+def test_promotion_needs_the_margin_in_the_metrics_direction(registry, tmp_path):
+    champion = add_version(registry, tmp_path, "champion", iou=0.869, mad=0.1)
+    registry.promote(champion, EVAL, "iou", margin=0.005)
+    close = add_version(registry, tmp_path, "close", iou=0.871, mad=0.0999)
+    refused = registry.promote(close, EVAL, "iou", margin=0.005)
+    assert (refused.promoted, refused.rule, refused.margin) == (False, "margin", 0.005)
+    assert refused.reason == "iou 0.871 vs 0.869: better by 0.002 < margin 0.005"
+    assert not registry.promote(close, EVAL, "mad", margin=0.001).promoted  # min is better
+    exact = registry.promote(close, EVAL, "iou", margin=0.002)  # 0.871 - 0.869 is 0.002
+    assert exact.promoted and exact.reason == "iou 0.871 vs 0.869: better by 0.002 >= margin 0.002"
+    assert registry.champion() == close
+
+
+def test_promotion_needs_enough_evaluated_photos(registry, tmp_path):
+    few = add_version(registry, tmp_path, "few", photos=3, iou=0.9)
+    decision = registry.promote(few, EVAL, "iou", min_photos=10)
+    assert (decision.promoted, decision.rule, decision.photos) == (False, "too few photos", 3)
+    assert decision.reason == "the evaluation records 3 photos; at least 10 are needed"
+    assert registry.champion() is None  # not even as the first champion
+    uncounted = add_version(registry, tmp_path, "uncounted", photos=None, iou=0.9)
+    assert registry.promote(uncounted, EVAL, "iou", min_photos=2).rule == "too few photos"
+    assert registry.promote(uncounted, EVAL, "iou").promoted  # no minimum asked
+    enough = add_version(registry, tmp_path, "enough", photos=10, iou=0.95)
+    assert registry.promote(enough, EVAL, "iou", min_photos=10).promoted
+    with pytest.raises(RegistryError, match="margin must be >= 0"):
+        registry.promote(enough, EVAL, "iou", margin=-0.1)
 
 
 def test_comparison_needs_both_evaluated_on_the_same_data(registry, tmp_path):
@@ -167,10 +277,25 @@ def test_registry_on_gcs(gcs_emulator, tmp_path):
     assert registry.promote(second, EVAL, "iou").promoted
     assert registry.champion() == second and set(registry.versions()) == {first, second}
     assert registry.model_uri() == f"gs://registry-test/matting/versions/{second}/model.keras"
-    assert registry.local_model().read_bytes() == b"model b"
+    assert registry.local_model().read_bytes() == (tmp_path / "b.keras").read_bytes()
     gcs_emulator.bucket("registry-test").blob(f"matting/{CHAMPION}").upload_from_string(b"[]")
     with pytest.raises(RegistryError, match="is corrupt"):
         registry.champion()
+
+
+def test_a_changed_model_on_gcs_or_in_the_download_cache_is_refused(gcs_emulator, tmp_path):
+    gcs_emulator.create_bucket("registry-tamper")
+    registry = Registry("gs://registry-tamper/matting")
+    version = add_version(registry, tmp_path, "a")
+    cached = registry.local_model(version)
+    cached.write_bytes(b"damaged in the cache")
+    with pytest.raises(RegistryError, match=f"version {version}: .*local copy .* has sha256"):
+        registry.local_model(version)
+    assert registry.local_model(version).read_bytes() == (tmp_path / "a.keras").read_bytes()
+    blob = gcs_emulator.bucket("registry-tamper").blob(f"matting/versions/{version}/model.keras")
+    blob.upload_from_string(b"replaced in the bucket")
+    with pytest.raises(RegistryError, match="the model was changed or damaged"):
+        registry.model_uri(version)
 
 
 def run_promote(*argv: str) -> int:
@@ -190,6 +315,20 @@ def test_promote_command_exits_3_when_the_champion_is_kept(registry, tmp_path, c
     printed = json.loads(capsys.readouterr().out)  # the decision, for the calling script
     assert (printed["candidate"], printed["promoted"]) == (worse, False)
     assert registry.champion() == champion
+
+
+def test_promote_command_takes_a_margin_and_a_photo_minimum(registry, tmp_path, capsys):
+    champion = add_version(registry, tmp_path, "a", iou=0.7)
+    better = add_version(registry, tmp_path, "b", photos=12, iou=0.71)
+    assert run_promote(registry.root, champion, "--eval-key", EVAL) == 0
+    assert run_promote(registry.root, better, "--eval-key", EVAL, "--margin", "0.05") == 3
+    assert run_promote(registry.root, better, "--eval-key", EVAL, "--min-photos", "20") == 3
+    capsys.readouterr()
+    assert run_promote(registry.root, better, "--eval-key", EVAL, "--margin", "0.01",
+                       "--min-photos", "12") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["rule"], printed["margin"], printed["photos"]) == ("margin", 0.01, 12)
+    assert registry.champion() == better
 
 
 def test_training_commands_load_no_tensorflow_until_they_run():

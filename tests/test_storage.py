@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +102,42 @@ def test_local_store_never_writes_outside_its_root(tmp_path):
             store.write(key, b"x")
     assert not list(outside.iterdir())
     assert not (tmp_path / "escape.png").exists()
+
+
+def test_local_create_is_create_only_and_a_retry_of_the_same_bytes_succeeds(tmp_path):
+    store = LocalStore(str(tmp_path))
+    made = store.create("v/model.keras", b"first")
+    assert made.size == 5 and (tmp_path / "v" / "model.keras").read_bytes() == b"first"
+    assert store.create("v/model.keras", b"first").size == 5  # a retried writer
+    with pytest.raises(WriteConflict, match="exists already"):
+        store.create("v/model.keras", b"second")
+    assert (tmp_path / "v" / "model.keras").read_bytes() == b"first"
+    assert sorted(path.name for path in (tmp_path / "v").iterdir()) == ["model.keras"]
+    # write keeps ignoring generation 0: the planner redoes existing files with it.
+    store.write("v/model.keras", b"replaced", if_generation_match=0)
+    assert (tmp_path / "v" / "model.keras").read_bytes() == b"replaced"
+
+
+def test_racing_local_creates_have_one_winner(tmp_path):
+    store = LocalStore(str(tmp_path))
+    start = threading.Barrier(8)
+    outcomes: list[bytes | None] = []
+
+    def create(data: bytes) -> None:
+        start.wait()
+        try:
+            store.create("pointer.json", data)
+            outcomes.append(data)
+        except WriteConflict:
+            outcomes.append(None)
+
+    threads = [threading.Thread(target=create, args=(b"writer %d" % i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (winner,) = [data for data in outcomes if data is not None]
+    assert (tmp_path / "pointer.json").read_bytes() == winner
 
 
 def test_sweep_removes_only_stale_temp_files(tmp_path):
