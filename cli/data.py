@@ -1,6 +1,6 @@
 """``matte ingest`` and ``matte arrange-p3m``: datasets for training, from the command line.
 
-    matte ingest SRC DST [--shard-mb N] [BEAM OPTIONS...]
+    matte ingest SRC DST [--shard-mb N] [--min-pairs N] [--max-rejected F] [BEAM OPTIONS...]
     matte arrange-p3m SRC DST [--images NAME] [--masks NAME] [--validation 0.2] [--limit N]
 
 The work is ``pipelines.ingest_p3m.launch`` and ``pipelines.arrange.arrange_p3m``; this module
@@ -23,11 +23,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ingest = commands.add_parser(
         "ingest", help="P3M-10k folder or gs:// -> TFRecord shards + manifest (Beam)",
         description="P3M-10k (local or gs://) -> deterministic TFRecord shards and "
-                    "manifest.json; published only once every shard is written.",
+                    "manifest.json; published only once every shard is written and the "
+                    "checks pass, else the published dataset stays and the counts are "
+                    "printed (exit 2).",
         epilog=INGEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ingest.add_argument("source", help="P3M-10k root (holds train/ and validation/), or gs://")
     ingest.add_argument("destination", help="output folder or gs:// prefix")
-    _add_shard_flag(ingest)
+    _add_ingest_flags(ingest)
     # Beam's options are open-ended: whatever follows the positionals is kept as given.
     ingest.add_argument("beam_args", nargs=argparse.REMAINDER, metavar="BEAM OPTIONS",
                         help="passed on to Beam (see below)")
@@ -48,22 +50,44 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     arrange.set_defaults(handler=_arrange)
 
 
-def _add_shard_flag(parser: argparse.ArgumentParser, default: float | None = None) -> None:
-    parser.add_argument("--shard-mb", type=float, default=default,
+def _add_ingest_flags(parser: argparse.ArgumentParser,
+                      defaults: argparse.Namespace | None = None) -> None:
+    """Our flags; ``defaults`` are those parsed before the positionals."""
+    parser.add_argument("--shard-mb", type=float, default=getattr(defaults, "shard_mb", None),
                         help="target shard size in MiB (default: the pipeline's, 150)")
+    parser.add_argument("--min-pairs", type=int, default=getattr(defaults, "min_pairs", None),
+                        help="publish only with at least N accepted pairs (default: 1)")
+    parser.add_argument("--max-rejected", type=float,
+                        default=getattr(defaults, "max_rejected", None),
+                        help="publish only if rejected / (accepted + rejected) is at most this "
+                             "fraction (default: 0.05)")
 
 
 def _ingest(args: argparse.Namespace) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.ingest_p3m import IngestOptions, launch
+    from pipelines.ingest_p3m import (
+        DEFAULT_MAX_REJECTED,
+        DEFAULT_MIN_PAIRS,
+        DEFAULT_SHARD_MB,
+        IngestOptions,
+        launch,
+    )
 
-    # --shard-mb after the positionals lands in the Beam remainder: take it back out.
+    # Our flags after the positionals land in the Beam remainder: take them back out.
     ours = argparse.ArgumentParser(add_help=False)
-    _add_shard_flag(ours, args.shard_mb)
+    _add_ingest_flags(ours, args)
     flags, beam_args = ours.parse_known_args([arg for arg in args.beam_args if arg != "--"])
-    options = (IngestOptions(args.source, args.destination) if flags.shard_mb is None else
-               IngestOptions(args.source, args.destination, int(flags.shard_mb * 2**20)))
+
+    def given(value, default):
+        return default if value is None else value
+
+    options = IngestOptions(
+        args.source, args.destination, int(given(flags.shard_mb, DEFAULT_SHARD_MB) * 2**20),
+        min_pairs=given(flags.min_pairs, DEFAULT_MIN_PAIRS),
+        max_rejected_fraction=given(flags.max_rejected, DEFAULT_MAX_REJECTED))
+    # A source that fails the checks raises DatasetRejected, a ValueError: cli.main prints
+    # its one line (the counts) and exits 2, the published dataset untouched.
     manifest = launch(options, PipelineOptions(beam_args))
     print(summary(manifest, args.destination))
     return 0

@@ -15,11 +15,14 @@ Decoding reproduces ``decode_image`` pixel for pixel: JPEG via libjpeg's accurat
 Preprocessing is ``model.preprocess`` (keras.ops), the same functions the inference path uses,
 so the training/eval datasets need the TensorFlow Keras backend (``records`` does not).
 ``batch_size`` is always the global batch, which ``tf.distribute`` splits across replicas; the
-dataset starts from the shard list, so multi-worker input sharding can go by file.
+dataset starts from the shard list, so multi-worker input sharding can go by file. Every shard
+is checked against the size and sha256 its manifest records before a dataset is built from it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -73,12 +76,59 @@ def read_manifest(root: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(root, "manifest.json")))
 
 
-def shard_files(root: str, split: str) -> list[str]:
+def manifest_sha256(root: str) -> str:
+    """SHA-256 of the manifest as canonical JSON; it lists every shard's checksum, so equal
+    hashes mean the same training data (a run folder and a registry version record it)."""
+    canonical = json.dumps(read_manifest(root), indent=2, sort_keys=True) + "\n"
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def shard_files(root: str, split: str, manifest: dict | None = None) -> list[str]:
     """The split's shards as listed in the manifest (the commit point), never by globbing."""
-    splits = read_manifest(root)["splits"]
+    splits = (manifest or read_manifest(root))["splits"]
     if split not in splits:
         raise ValueError(f"split {split!r} not in {root}/manifest.json (has {sorted(splits)})")
     return [f"{root.rstrip('/')}/{shard['path']}" for shard in splits[split]["shards"]]
+
+
+class ShardMismatch(ValueError):
+    """A shard is missing or differs from what its manifest says was written."""
+
+
+def verified_shard_files(root: str, split: str) -> list[str]:
+    """``shard_files``, each first checked against its manifest entry (size, then sha256), so a
+    shard replaced, truncated or tampered with after ingestion stops a run before it trains."""
+    manifest = read_manifest(root)  # read once: the list and the checksums of one version
+    files = shard_files(root, split, manifest)
+    for uri, shard in zip(files, manifest["splits"][split]["shards"], strict=True):
+        folder, name = storage.split_uri(uri)
+        store = storage.open_store(folder)
+        info = store.stat(name)
+        if info is None:
+            raise ShardMismatch(f"{uri}: missing, but {root}/manifest.json lists it")
+        if info.size != shard["bytes"]:
+            raise ShardMismatch(f"{uri}: {info.size} bytes, {root}/manifest.json says "
+                                f"{shard['bytes']}; re-ingest the dataset")
+        if (actual := _shard_sha256(uri, info.size, info.version)) != shard["sha256"]:
+            raise ShardMismatch(f"{uri}: sha256 {actual[:16]}..., {root}/manifest.json says "
+                                f"{shard['sha256'][:16]}...; re-ingest the dataset")
+    return files
+
+
+# Hashing reads the whole shard (150 MB each, ~10 GB for P3M-10k), so once per process per
+# (uri, size, version): version is the file's mtime or the object's generation, so a shard
+# rewritten since is hashed again, while the next epoch's or the eval's check is a stat.
+@functools.lru_cache(maxsize=4096)
+def _shard_sha256(uri: str, size: int, version: str) -> str:
+    folder, name = storage.split_uri(uri)
+    store = storage.open_store(folder)
+    if isinstance(store, storage.LocalStore):
+        digest = hashlib.sha256()
+        with open(store.path(name), "rb") as handle:  # streamed: no shard-sized buffer
+            while chunk := handle.read(2**20):
+                digest.update(chunk)
+        return digest.hexdigest()
+    return hashlib.sha256(store.read(name)).hexdigest()
 
 
 def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -127,7 +177,7 @@ def decode_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 def records(root: str, split: str, cache: bool | str = False) -> tf.data.Dataset:
     """Every record of a split in manifest order, decoded at full resolution (no resizing)."""
-    files = shard_files(root, split)
+    files = verified_shard_files(root, split)
     # dtype given: an empty split (human-seg arranged has no P3M-500-P) would infer float32.
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).interleave(
         tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 4)),

@@ -15,6 +15,10 @@ photo's split never changes when others are added or removed. Validation lands i
 ``validation/P3M-500-NP/original_image`` (these faces are not blurred), training in
 ``train/blurred_image``, the folder name P3M-10k uses for training photos. ``--limit N`` keeps
 the first N stems in natural order (2 before 10), for quick runs.
+
+New labels arrive by arranging again into the same DST: an existing layout gets the new pairs
+(and the old ones rewritten with the same bytes); a DST holding anything else is refused, and
+so is a stem that would move between splits (a changed ``--validation``).
 """
 
 from __future__ import annotations
@@ -54,11 +58,18 @@ def natural_key(text: str) -> list:
             for part in re.split(r"(\d+)", text) if part]
 
 
-def _is_empty(uri: str) -> bool:
+def _existing_layout(uri: str) -> set[str]:
+    """The keys of an existing P3M layout at ``uri`` (empty if there is nothing yet); anything
+    else there is refused, so arranging never mixes into a folder of other files."""
     try:
-        return next(iter(storage.open_store(uri).scan(hidden=True)), None) is None
+        keys = {entry.key for entry in storage.open_store(uri).scan(hidden=True)}
     except FileNotFoundError:  # not there yet: it will be made
-        return True
+        return set()
+    folders = {PurePosixPath(key).parent.as_posix() for key in keys}
+    if not folders <= set(TRAIN + VALIDATION):
+        raise ValueError(f"destination {uri} is not empty and not a P3M layout "
+                         f"(it holds {sorted(folders - set(TRAIN + VALIDATION))[:3]})")
+    return keys
 
 
 def arrange_p3m(source: str | os.PathLike, destination: str | os.PathLike, *,
@@ -68,8 +79,7 @@ def arrange_p3m(source: str | os.PathLike, destination: str | os.PathLike, *,
     source, destination = str(source), str(destination)
     if not 0.0 <= validation <= 1.0:
         raise ValueError(f"validation fraction must be in [0, 1], got {validation}")
-    if not _is_empty(destination):
-        raise ValueError(f"destination {destination} is not empty")
+    existing = _existing_layout(destination)
     reader = storage.open_store(source)
     # Only files directly inside a top folder count, as the layout has no deeper folders.
     by_folder: dict[str, list[ObjectInfo | Refused]] = {}
@@ -95,6 +105,11 @@ def arrange_p3m(source: str | os.PathLike, destination: str | os.PathLike, *,
                 continue
             split = "validation" if is_validation(path.stem, validation) else "train"
             folder = (VALIDATION if split == "validation" else TRAIN)[role]
+            other = (TRAIN if split == "validation" else VALIDATION)[role]
+            if any(key.startswith(f"{other}/{path.stem}.") for key in existing):
+                raise ValueError(f"{path.stem} is in {other} of {destination} already: "
+                                 f"arranging it into {split} would leak it between splits "
+                                 "(was --validation changed?)")
             writer.write(f"{folder}/{path.name}", reader.read(entry.key))
             counts[f"{split}_{('images', 'masks')[role]}"] += 1
     return counts

@@ -2,15 +2,18 @@
 
     matte ingest SRC DST [--shard-mb 150] [--runner DataflowRunner] [BEAM OPTIONS...]
 
-``build(p, options)`` is the graph, ``launch(options, pipeline_options)`` runs it to the end
-and returns the published manifest (``cli.data`` and ``flows.ingest_flow`` call it).
+``build(p, options, run_id)`` is the graph, ``launch(options, pipeline_options)`` runs it to the
+end, publishes what it staged and returns the published manifest (``cli.data`` and
+``flows.ingest_flow`` call it).
 
 The graph: list SRC -> classify each file (layout in ``pipelines/p3m_layout.py``) -> group by
 (split, stem) -> pair -> plan shards per split (key order, listed sizes) -> group by shard ->
-read, validate and write each shard under DST/.tmp-<token>/ -> publish. Publishing removes the
-old manifest, moves the shards into DST/<split>/, deletes the previous run's stale shards,
-writes ``manifest.json`` last and removes the staging folder: readers (``model/data.py``) use
-only shards the manifest lists, so a run that dies part-way never exposes a partial dataset.
+read, validate and write each shard under the run's own DST/.staging-<run id>/ -> the candidate
+manifest beside them. Then ``launch``, on the launcher, publishes (``pipelines/ingest_publish.
+py``): the checks (``min_pairs``, ``max_rejected_fraction``) first, so a failing source raises
+:class:`DatasetRejected` and leaves the published dataset as it was; else the shards move to
+content-addressed names and ``manifest.json`` is swapped last, so readers (``model/data.py``,
+which use only shards a manifest lists) see the whole old dataset or the whole new one.
 Image bytes cross no shuffle: each shard is read and written by one worker, so memory stays at
 about one shard. Every file and object is reached through ``storage`` (one listing rule, atomic
 writes), so a folder and a gs:// prefix behave alike.
@@ -28,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,17 +49,15 @@ from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
 import storage
 from model import data, imaging, preprocess
-from pipelines import p3m_layout
+from pipelines import ingest_publish, p3m_layout
+from pipelines.ingest_publish import DEFAULT_MAX_REJECTED, DEFAULT_MIN_PAIRS, MANIFEST
 from pipelines.p3m_layout import REASONS, SPLITS, Entry, Pair, Reject, validate
 from pipelines.runners import pinned_runner
 from storage import ObjectInfo, Refused
 
 FORMAT = "p3m-tfrecord/1"
 NAMESPACE = "ingest_p3m"
-MANIFEST = "manifest.json"
 DEFAULT_SHARD_MB = 150.0  # DESIGN.md §4: shards of ~100-200 MB
-# Our shard names: only these are ever deleted from DST, whatever else lives there.
-SHARD_NAME = re.compile(r"(?P<split>[^/]+)/(?P=split)-[^/]*\.tfrecord")
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,18 @@ class IngestOptions:
     # Reads wait on storage (tens of ms per GCS object) and decoding releases the GIL, so a
     # worker validates several pairs of its shard at once; results keep key order.
     threads: int = 8
+    # Publish only with at least this many accepted pairs, and at most this fraction of
+    # rejects, rejected / (accepted + rejected) over the whole source (ingest_publish.py).
+    min_pairs: int = DEFAULT_MIN_PAIRS
+    max_rejected_fraction: float = DEFAULT_MAX_REJECTED
 
     def __post_init__(self) -> None:
         if self.shard_bytes <= 0 or self.threads <= 0:
             raise ValueError(f"shard size and threads must be positive, got "
                              f"{self.shard_bytes} bytes and {self.threads} threads")
+        if self.min_pairs < 0 or not 0 <= self.max_rejected_fraction <= 1:
+            raise ValueError(f"min pairs must be >= 0 and the rejected fraction in [0, 1], got "
+                             f"{self.min_pairs} and {self.max_rejected_fraction}")
 
 
 def _route(entry: ObjectInfo | Refused) -> Iterator:
@@ -93,10 +99,10 @@ def _route(entry: ObjectInfo | Refused) -> Iterator:
 
 
 class WriteShard(beam.DoFn):
-    """Read, validate and serialise one planned shard; write it to the staging prefix."""
+    """Read, validate and serialise one planned shard; write it to the run's staging prefix."""
 
-    def __init__(self, options: IngestOptions):
-        self.options = options
+    def __init__(self, options: IngestOptions, staging: str):
+        self.options, self.staging = options, staging
 
     def setup(self) -> None:
         # Stores hold per-thread clients that do not pickle: made on the worker.
@@ -126,13 +132,13 @@ class WriteShard(beam.DoFn):
             yield self._write(split, index, buffer.getvalue(), count, resized)
 
     def _write(self, split: str, index: int, shard: bytes, count: int, resized: int) -> dict:
-        path = f"{split}/{split}-{index:05d}.tfrecord"
-        self.destination.write(f"{staging_key(self.options)}/{path}", shard)
+        sha256 = hashlib.sha256(shard).hexdigest()
+        path = ingest_publish.shard_name(split, index, sha256)
+        self.destination.write(f"{self.staging}/{path}", shard)
         Metrics.counter(NAMESPACE, "shards_written").inc()
         Metrics.counter(NAMESPACE, "bytes_written").inc(len(shard))
         return {"split": split, "index": index, "path": path, "records": count,
-                "bytes": len(shard), "sha256": hashlib.sha256(shard).hexdigest(),
-                "masks_resized": resized}
+                "bytes": len(shard), "sha256": sha256, "masks_resized": resized}
 
 
 def _count_reject(reject: Reject) -> Reject:
@@ -143,23 +149,12 @@ def _count_reject(reject: Reject) -> Reject:
 def code_version() -> dict[str, str]:
     """What decides the output bytes: our sources (hashed) and the libraries that encode."""
     digest = hashlib.sha256()
-    for module in (imaging, preprocess, data, p3m_layout):
+    for module in (imaging, preprocess, data, p3m_layout, ingest_publish):  # shard names
         digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return {"sources_sha256": digest.hexdigest()[:16], "pillow": PIL.__version__,
             "numpy": np.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "apache_beam": beam.__version__}
-
-
-def staging_key(options: IngestOptions) -> str:
-    """A fixed name per (source, destination, shard size): a rerun reuses, then removes it.
-    Hidden, so no listing of DST (ours or a reader's) takes staged shards for data."""
-    token = f"{options.source}\n{options.destination}\n{options.shard_bytes}".encode()
-    return f".tmp-{hashlib.sha256(token).hexdigest()[:12]}"
-
-
-def staging_prefix(options: IngestOptions) -> str:
-    return storage.join(options.destination, staging_key(options))
 
 
 def manifest_json(options: IngestOptions, version: dict, shards: list[dict],
@@ -188,62 +183,19 @@ def manifest_json(options: IngestOptions, version: dict, shards: list[dict],
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
-def _shard_paths(manifest: dict) -> set[str]:
-    return {shard["path"] for split in manifest["splits"].values() for shard in split["shards"]}
-
-
-def _published_shards(destination: str) -> set[str]:
-    """Every shard name of ours under DST/<split>/, whichever run wrote it."""
-    found = set()
-    for split in SPLITS:
-        try:
-            keys = [f"{split}/{info.key}"
-                    for info in storage.open_store(storage.join(destination, split)).list()]
-        except FileNotFoundError:  # no such folder: nothing was published for this split
-            continue
-        found.update(key for key in keys if SHARD_NAME.fullmatch(key))
-    return found
-
-
-def _remove_staging(uri: str) -> None:
-    try:
-        entries = list(storage.open_store(uri).scan(hidden=True))
-    except FileNotFoundError:  # a retried publish removed it already
-        return
-    store = storage.open_store(uri)
-    for entry in entries:
-        if isinstance(entry, ObjectInfo):
-            store.delete(entry.key)
-    if not storage.is_gcs(uri):
-        # A folder is not an object, so the store leaves the emptied ones; a GCS prefix is
-        # gone with its last object. rmdir refuses a folder holding what the listing refused.
-        for folder, _, _ in os.walk(uri, topdown=False):
-            os.rmdir(folder)
-
-
-def publish(_, options: IngestOptions, version: dict, shards: list[dict],
-            rejects: list[Reject], ignored: list[str], listed: int) -> Iterator[dict]:
-    """Staged shards -> DST; idempotent, so a retried bundle finishes a half-done publish."""
-    if listed == 0:
-        raise FileNotFoundError(f"no files found under {options.source}")
+def stage_manifest(_, options: IngestOptions, staging: str, version: dict, shards: list[dict],
+                   rejects: list[Reject], ignored: list[str], listed: int) -> Iterator[dict]:
+    """The candidate manifest, written beside the staged shards for ``launch`` to check."""
     manifest = manifest_json(options, version, shards, rejects, ignored, listed)
-    store, staging = storage.open_store(options.destination), staging_key(options)
-    store.delete(MANIFEST)  # from here on readers see no dataset
-    current = _shard_paths(json.loads(manifest))
-    for path in sorted(current):
-        if store.stat(f"{staging}/{path}") is not None:  # gone if a retry already moved it
-            store.rename(f"{staging}/{path}", path)
-    # Stale: any shard name of ours not in this manifest, from the previous run or an older
-    # one that died mid-publish (its manifest already gone, so a manifest diff would miss it).
-    for path in sorted(_published_shards(options.destination) - current):
-        store.delete(path)
-    store.write(MANIFEST, manifest.encode())  # last, and atomic: this publishes the dataset
-    _remove_staging(staging_prefix(options))
+    storage.open_store(options.destination).write(f"{staging}/{MANIFEST}", manifest.encode())
     yield json.loads(manifest)
 
 
-def build(p: beam.Pipeline, options: IngestOptions) -> dict[str, beam.PCollection]:
-    """The ingestion graph; returns its shard infos, rejects and the published manifest."""
+def build(p: beam.Pipeline, options: IngestOptions,
+          run_id: str | None = None) -> dict[str, beam.PCollection]:
+    """The ingestion graph; returns its shard infos, rejects and the candidate manifest, all
+    staged under DST/.staging-<run id>/ (a new run id unless given); nothing is published."""
+    staging = ingest_publish.staging_key(run_id or ingest_publish.new_run_id())
     version = code_version()
     listed = (p | "Source" >> beam.Create([options.source])
               | "List" >> beam.FlatMap(p3m_layout.list_files))
@@ -258,20 +210,35 @@ def build(p: beam.Pipeline, options: IngestOptions) -> dict[str, beam.PCollectio
                    ((split, index), pair)
                    for index, pair in p3m_layout.plan_shards(pairs, options.shard_bytes)))
                | "ByShard" >> beam.GroupByKey()
-               | "Write" >> beam.ParDo(WriteShard(options)).with_outputs("rejects", main="shards"))
+               | "Write" >> beam.ParDo(WriteShard(options, staging)).with_outputs(
+                   "rejects", main="shards"))
     rejects = ((routed.rejects, paired[1], written.rejects) | "AllRejects" >> beam.Flatten()
                | "CountRejects" >> beam.Map(_count_reject))
     count = listed | "CountFiles" >> beam.combiners.Count.Globally()
     manifest = (p | "Once" >> beam.Create([None])
-                | "Publish" >> beam.FlatMap(publish, options, version, AsList(written.shards),
-                                            AsList(rejects), AsList(routed.ignored),
-                                            AsSingleton(count)))
+                | "Stage" >> beam.FlatMap(stage_manifest, options, staging, version,
+                                          AsList(written.shards), AsList(rejects),
+                                          AsList(routed.ignored), AsSingleton(count)))
     return {"shards": written.shards, "rejects": rejects, "manifest": manifest}
 
 
 def launch(options: IngestOptions, pipeline_options: PipelineOptions) -> dict:
     """Run the ingestion to the end on the runner ``pipeline_options`` names (the in-process
-    one for "DirectRunner"); returns the manifest it published."""
-    with beam.Pipeline(runner=pinned_runner(pipeline_options), options=pipeline_options) as p:
-        build(p, options)
-    return json.loads(storage.read_bytes(storage.join(options.destination, MANIFEST)))
+    one for "DirectRunner") and publish it; returns the published manifest.
+
+    Raises ``ingest_publish.DatasetRejected`` (a ValueError naming the counts) when the checks
+    fail, FileNotFoundError when the source holds no files: then nothing is published and the
+    run's staging is gone, whatever DST held before is as it was.
+    """
+    run_id = ingest_publish.new_run_id()
+    try:
+        with beam.Pipeline(runner=pinned_runner(pipeline_options),
+                           options=pipeline_options) as p:
+            build(p, options, run_id)
+    except BaseException:
+        # Not swallowed: the run's staged shards go, the error goes on to the caller.
+        ingest_publish.remove_staging(
+            storage.join(options.destination, ingest_publish.staging_key(run_id)))
+        raise
+    return ingest_publish.publish(options.destination, run_id, options.min_pairs,
+                                  options.max_rejected_fraction)

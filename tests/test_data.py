@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -25,7 +28,9 @@ from tests.p3m_synth import encode, make_p3m, photo
 def shards(tmp_path_factory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("data")
     synth = make_p3m(root / "src", train=5)
-    launch(IngestOptions(str(root / "src"), str(root / "out")), PipelineOptions([]))
+    # The synth holds every kind of bad pair: allow any fraction of rejects.
+    launch(IngestOptions(str(root / "src"), str(root / "out"), max_rejected_fraction=1.0),
+           PipelineOptions([]))
     return root / "out", synth
 
 
@@ -151,3 +156,26 @@ def test_unknown_split_is_refused_and_an_empty_one_is_empty(shards, tmp_path):
     assert list(data.records(str(tmp_path), "P3M-500-P")) == []
     with pytest.raises(ValueError, match="not in"):
         data.shard_files(str(out), "test")
+
+
+def test_a_changed_shard_is_refused_before_training(shards, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(shards[0], out)  # the module's shards stay intact for the other tests
+    data.train_dataset(str(out), 2, size=32)  # verified, and the hash cached
+    manifest = data.read_manifest(str(out))
+    shard = out / manifest["splits"]["train"]["shards"][0]["path"]
+    original = shard.read_bytes()
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    shard.write_bytes(bytes(tampered))
+    # A new mtime is what invalidates the cached hash; make sure the clock moved for it.
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    with pytest.raises(data.ShardMismatch, match=rf"{re.escape(str(shard))}: sha256 .* says"):
+        data.train_dataset(str(out), 2, size=32)
+    shard.write_bytes(original[:-1])
+    with pytest.raises(data.ShardMismatch, match=rf"{len(original) - 1} bytes, .* says "
+                                                 rf"{len(original)}"):
+        data.eval_dataset(str(out), "train", 2, size=32)
+    shard.unlink()
+    with pytest.raises(data.ShardMismatch, match="missing"):
+        data.records(str(out), "train")

@@ -9,11 +9,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.arrange import arrange_p3m
 from pipelines.ingest_p3m import IngestOptions, launch
+from pipelines.ingest_publish import DatasetRejected
 from tests.p3m_synth import make_p3m
 
 
-def run(source: str, destination: str) -> dict:
-    return launch(IngestOptions(source, destination), PipelineOptions([]))
+def run(source: str, destination: str, min_pairs: int = 1) -> dict:
+    # The synth holds every kind of bad pair: allow any fraction of rejects.
+    options = IngestOptions(source, destination, min_pairs=min_pairs, max_rejected_fraction=1.0)
+    return launch(options, PipelineOptions([]))
 
 
 @pytest.fixture()
@@ -55,6 +58,13 @@ def test_gcs_source_and_destination_give_the_local_shards(bucket, tmp_path):
             data = bucket.blob(f"out/{shard['path']}").download_as_bytes()
             assert data == (tmp_path / "out" / shard["path"]).read_bytes()
 
+    # A run that fails its checks leaves every published object as it was, staging removed.
+    before = {blob.name: blob.md5_hash for blob in bucket.list_blobs(prefix="out/")}
+    with pytest.raises(DatasetRejected, match=f"{synth.pairs()} pairs < min 1000"):
+        run("gs://p3m-ingest/data/P3M-10k", "gs://p3m-ingest/out", min_pairs=1000)
+    after = {blob.name: blob.md5_hash for blob in bucket.list_blobs(prefix="out/")}
+    assert after.pop("out/manifest.rejected.json") and after == before
+
 
 def test_arrange_reads_and_writes_a_bucket(bucket):
     files = {"plain/images/a1.jpg": b"photo 1", "plain/masks/a1.png": b"mask 1",
@@ -71,5 +81,7 @@ def test_arrange_reads_and_writes_a_bucket(bucket):
                        "arranged/train/blurred_image/a2.jpg": b"photo 2",
                        "arranged/train/mask/a1.png": b"mask 1",
                        "arranged/train/mask/a2.png": b"mask 2"}
-    with pytest.raises(ValueError, match="not empty"):
-        arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest/arranged")
+    assert arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest/arranged",
+                       validation=0.0) == counts  # arranging again adds nothing new
+    with pytest.raises(ValueError, match="not a P3M layout"):
+        arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest")

@@ -38,8 +38,12 @@ def test_arrange_is_deterministic_and_splits_by_stem(human_seg, tmp_path):
             else "train/blurred_image"
         assert (tmp_path / "a" / folder / f"{stem}.jpg").read_bytes() == (
             human_seg / "Training_Images" / f"{stem}.jpg").read_bytes()
-    with pytest.raises(ValueError, match="not empty"):
-        arrange_p3m(human_seg, tmp_path / "a")
+    with pytest.raises(ValueError, match="would leak it between splits"):
+        arrange_p3m(human_seg, tmp_path / "a", limit=LIMIT, validation=0.75)
+    # New labels arrive: arranging more stems into the same layout adds them.
+    more = arrange_p3m(human_seg, tmp_path / "a", limit=LIMIT + 4, validation=0.25)
+    assert sum(more.values()) == sum(first.values()) + 8
+    assert len(listing(tmp_path / "a")) == sum(more.values())
 
 
 @pytest.mark.slow
