@@ -61,13 +61,12 @@ def argument_parser(prog: str = "matte bucket") -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None):
     """(BucketOptions, PipelineOptions) from one command line, validated (OptionsError)."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipelines.options import BucketOptions, OptionsError, validate
+    from pipelines.runners import beam_options
 
     args, beam_args = argument_parser().parse_known_args(argv)
-    pipeline_options = PipelineOptions(beam_args)
     try:
+        pipeline_options = beam_options(beam_args)
         output = output_options(args)
     except ValueError as error:
         raise OptionsError(str(error)) from error

@@ -64,8 +64,6 @@ def _add_ingest_flags(parser: argparse.ArgumentParser,
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipelines.ingest_p3m import (
         DEFAULT_MAX_REJECTED,
         DEFAULT_MIN_PAIRS,
@@ -73,6 +71,7 @@ def _ingest(args: argparse.Namespace) -> int:
         IngestOptions,
         launch,
     )
+    from pipelines.runners import beam_options
 
     # Our flags after the positionals land in the Beam remainder: take them back out.
     ours = argparse.ArgumentParser(add_help=False)
@@ -88,7 +87,7 @@ def _ingest(args: argparse.Namespace) -> int:
         max_rejected_fraction=given(flags.max_rejected, DEFAULT_MAX_REJECTED))
     # A source that fails the checks raises DatasetRejected, a ValueError: cli.main prints
     # its one line (the counts) and exits 2, the published dataset untouched.
-    manifest = launch(options, PipelineOptions(beam_args))
+    manifest = launch(options, beam_options(beam_args))
     print(summary(manifest, args.destination))
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-from apache_beam.options.pipeline_options import PipelineOptions
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
@@ -25,6 +24,7 @@ from pydantic import Field
 from pipelines import ingest_p3m
 from pipelines.ingest_p3m import IngestOptions
 from pipelines.ingest_publish import MANIFEST, REJECTED_MANIFEST, DatasetRejected
+from pipelines.runners import beam_options
 
 COUNTS_KEY = "p3m-ingest-counts"
 REJECTS_KEY = "p3m-ingest-rejects"
@@ -45,7 +45,7 @@ def run_ingestion(source: str, destination: str, runner: str, shard_mb: float,
     options = IngestOptions(source, destination, int(shard_mb * 2**20), min_pairs=min_pairs,
                             max_rejected_fraction=max_rejected)
     # beam_args carry what only a runner needs (a Dataflow project, region, temp location).
-    return ingest_p3m.launch(options, PipelineOptions(beam_args, runner=runner))
+    return ingest_p3m.launch(options, beam_options(beam_args, runner=runner))
 
 
 def count_rows(manifest: dict) -> list[dict]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -230,6 +231,10 @@ def launch(options: IngestOptions, pipeline_options: PipelineOptions) -> dict:
     fail, FileNotFoundError when the source holds no files: then nothing is published and the
     run's staging is gone, whatever DST held before is as it was.
     """
+    if not storage.is_gcs(options.source) and not os.path.isdir(options.source):
+        # Checked here, not only by the List step: a worker's failure comes back wrapped in
+        # Beam's traceback, and a user who mistyped a path deserves one line.
+        raise FileNotFoundError(f"not a folder: {options.source}")
     run_id = ingest_publish.new_run_id()
     try:
         with beam.Pipeline(runner=pinned_runner(pipeline_options),

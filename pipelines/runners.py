@@ -24,3 +24,16 @@ def pinned_runner(pipeline_options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return FnApiRunner()
+
+
+def beam_options(argv: list[str], **values) -> PipelineOptions:
+    """PipelineOptions from ``argv``, refusing what no Beam option class knows: Beam itself
+    only warns and drops a mistyped flag (``--runnr``), and the run would go on without it."""
+    pipeline_options = PipelineOptions(argv, **values)
+    known = pipeline_options.get_all_options()
+    given = pipeline_options.get_all_options(retain_unknown_options=True)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError("unknown option " + ", ".join(f"--{name}" for name in unknown)
+                         + " (neither a matte flag nor a Beam pipeline option)")
+    return pipeline_options

@@ -164,3 +164,50 @@ def test_a_write_failure_is_reported_and_the_run_goes_on(photos, u2netp_onnx, tm
     assert "ok: 2  skipped: 0  failed: 4" in report
     assert "failed girl.png: cannot write" in report
     assert (out / "im_14.png").is_file()
+
+
+@pytest.mark.parametrize("command", [
+    ["ingest", "{tmp}/nope", "{tmp}/out"],
+    ["arrange-p3m", "{tmp}/nope", "{tmp}/out"],
+    ["train", "smoke", "--data", "{tmp}/nope", "--run-dir", "{tmp}/out"],
+    ["p", "{tmp}/nope", "{tmp}/out"],
+    ["i", "{tmp}/nope.png", "{tmp}/out/x.png"],
+    ["evaluate", "{tmp}/nope", "--masks", "{tmp}/nope"],
+    ["bucket", "{tmp}", "{tmp}/out", "--runnr", "DirectRunner"],
+    ["train", "smoke", "--data", "{tmp}", "--run-dir", "{tmp}/out", "--set", "epochs"],
+])
+def test_each_user_mistake_is_one_line_and_exit_2(tmp_path, capsys, command):
+    """A missing path, an unknown option or a bad override: one line on stderr, exit 2, no
+    traceback, and nothing left behind where the output would have gone."""
+    code = main([arg.format(tmp=tmp_path) for arg in command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"matte {command[0]}: error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_photo_replaced_with_the_same_size_and_mtime_is_redone(tmp_path, official_testdata,
+                                                                  u2netp_onnx, capsys):
+    """``cp -p`` / ``rsync -a`` keep size and mtime; the file is still another photo."""
+    photos, out = tmp_path / "in", tmp_path / "out"
+    photos.mkdir()
+    for name in ("girl", "im_14"):  # BMP: the same pixel size gives the same file size
+        image = Image.open(official_testdata / "test_images" / f"{name}.png").convert("RGB")
+        image.resize((96, 96)).save(tmp_path / f"{name}.bmp")
+    target = photos / "photo.bmp"
+    shutil.copy2(tmp_path / "girl.bmp", target)
+    args = ["p", str(photos), str(out), "--weights", str(u2netp_onnx)]
+    assert main(args) == 0
+    first = (out / "photo.png").read_bytes()
+    stat = target.stat()
+    replacement = tmp_path / "replacement.bmp"
+    shutil.copy2(tmp_path / "im_14.bmp", replacement)
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, target)
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "ok: 1" in capsys.readouterr().out
+    assert (out / "photo.png").read_bytes() != first
+    assert main(args) == 0 and "skipped: 1" in capsys.readouterr().out

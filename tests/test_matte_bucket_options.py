@@ -40,6 +40,7 @@ def test_defaults_and_beam_flags_pass_through(tmp_path):
     (["{tmp}", "{tmp}/o", "--min-batch-size", "0"], "--min-batch-size"),
     (["{tmp}", "{tmp}/o", "--run-id", "../x"], "--run-id"),
     (["{tmp}", "{tmp}/o", "--max-pixels", "0"], "--max-pixels"),
+    (["{tmp}", "{tmp}/o", "--runnr", "DirectRunner"], "unknown option --runnr"),
 ])
 def test_bad_options_are_refused(tmp_path, argv, message):
     with pytest.raises(OptionsError, match=message):
