@@ -33,6 +33,7 @@ from operations.pictures import before_after, markdown_image
 from operations.registry import Registry, RegistryError
 from pipelines import matte_bucket
 from pipelines.options import BucketOptions, new_run_id
+from pipelines.runners import beam_options
 from storage import IO_ERRORS, open_store
 
 SUMMARY_KEY = "matting-summary"
@@ -53,16 +54,26 @@ class MattingParams(BaseModel):
     only_mask: bool = False
     bgcolor: str | None = None
     thumbnails: int = Field(4, ge=0, le=12)
+    # What makes a night red (README, "What makes a night red"):
+    max_failure_ratio: float = Field(0.5, ge=0, le=1, description="red when more of this "
+                                     "night's photos than this fraction are dead letters...")
+    min_photos_for_ratio: int = Field(10, ge=1, description="...among at least this many")
+    fail_on_empty_listing: bool = Field(True, description="red when the input lists nothing "
+                                        "while the previous run found photos")
+    fail_on_champion_fallback: bool = Field(True, description="red (the photos are still "
+                                            "matted) when the champion pointer was refused and "
+                                            "an older champion served")
 
 
 # Reading the registry is idempotent I/O: safe to retry on a transient storage error.
 @task(retries=2, retry_delay_seconds=10)
-def resolve_model(model: str, registry_uri: str) -> tuple[str, str | None]:
-    """(variant, weights URI): the champion's .keras for ``model="champion"``."""
+def resolve_model(model: str, registry_uri: str) -> tuple[str, str | None, str | None]:
+    """(variant, weights URI, fallback reason): the champion's .keras for ``"champion"``;
+    the reason is set when the pointer was refused and the last good champion serves."""
     if model in ("lite", "full"):
-        return model, None
+        return model, None, None
     if model != "champion":
-        return "lite", model
+        return "lite", model, None
     registry = Registry(registry_uri)
     # The model's URI (gs:// stays gs://, as Dataflow workers need); the pipeline downloads it.
     try:
@@ -71,10 +82,10 @@ def resolve_model(model: str, registry_uri: str) -> tuple[str, str | None]:
         fallback = registry.last_good_champion()
         if fallback is None:
             raise
-        get_run_logger().error("champion pointer refused (%s); serving the previous "
-                               "champion %s", error, fallback)
-        uri = registry.model_uri(fallback)
-    return "lite", uri
+        reason = f"champion pointer refused ({error}); served the previous champion {fallback}"
+        get_run_logger().error(reason)
+        return "lite", registry.model_uri(fallback), reason
+    return "lite", uri, None
 
 
 def bucket_options(params: MattingParams, variant: str, weights: str | None,
@@ -85,7 +96,7 @@ def bucket_options(params: MattingParams, variant: str, weights: str | None,
     options = BucketOptions(params.input_uri, params.output_uri, output, model=variant,
                             weights=weights, min_batch_size=params.max_batch_size,
                             max_batch_size=params.max_batch_size, run_id=run_id)
-    return options, PipelineOptions(params.beam_args, runner=params.runner)
+    return options, beam_options(params.beam_args, runner=params.runner)
 
 
 def _count(uri: str) -> int:
@@ -177,15 +188,54 @@ def check_systemic(summary: dict, letters: list[dict]) -> None:
                            f"({len(letters)}; first: {letters[0]['reason']})")
 
 
+def previous_listing(output_uri: str, run_id: str) -> tuple[str, int] | None:
+    """(run id, photos listed) of the newest earlier run with a summary, if any. Run ids
+    start with their UTC start time, so name order is time order."""
+    records = open_store(f"{output_uri.rstrip('/')}/_runs")  # not every cut-out
+    runs = sorted({info.key.split("/")[0] for info in records.list()
+                   if info.key.endswith("/summary.json") and info.key.split("/")[0] < run_id})
+    for previous in reversed(runs):
+        try:
+            counts = json.loads(records.read(f"{previous}/summary.json"))["counts"]
+        except (*IO_ERRORS, ValueError, KeyError):
+            continue
+        return previous, counts["ok"] + counts["skipped"] + counts["failed"]
+    return None
+
+
+def night_verdict(params: MattingParams, summary: dict, previous: tuple[str, int] | None,
+                  fallback: str | None) -> str | None:
+    """Why this night is red (None: green). Bad photos alone are dead letters in a green run;
+    a night is red when so many fail that the cause is likely upstream (a broken uploader, a
+    codec missing), when the input suddenly lists nothing, or when the champion was refused."""
+    counts = summary["counts"]
+    attempted = counts["ok"] + counts["failed"]
+    if attempted >= params.min_photos_for_ratio and \
+            counts["failed"] > params.max_failure_ratio * attempted:
+        return (f"{counts['failed']} of {attempted} photos failed "
+                f"(> {params.max_failure_ratio:.0%}); see the dead letters")
+    listed = attempted + counts["skipped"]
+    if params.fail_on_empty_listing and listed == 0 and previous and previous[1] > 0:
+        return (f"the input {params.input_uri} listed nothing, but the previous run "
+                f"{previous[0]} found {previous[1]} photos: is the input prefix right?")
+    if params.fail_on_champion_fallback and fallback:
+        return fallback
+    return None
+
+
 @flow(name="nightly-matting")
 def matting_flow(params: MattingParams) -> dict:
     """Matte every new photo under ``params.input_uri`` into ``params.output_uri``."""
     run_id = new_run_id()
-    variant, weights = resolve_model(params.model, params.registry_uri)
+    variant, weights, fallback = resolve_model(params.model, params.registry_uri)
+    previous = previous_listing(params.output_uri, run_id)
     run_pipeline(params, variant, weights, run_id)
     summary, records, letters = read_run(params.output_uri, run_id)
     publish(params, summary, records, letters)
     check_systemic(summary, letters)
+    red = night_verdict(params, summary, previous, fallback)
+    if red:
+        raise RuntimeError(red)
     return {"run_id": run_id, "counts": summary["counts"],
             "report": f"{params.output_uri.rstrip('/')}/_runs/{run_id}/summary.json"}
 

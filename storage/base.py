@@ -11,7 +11,10 @@ class ObjectInfo:
 
     key: str
     size: int
-    version: str  # "mtime_ns:<n>" for files, "generation:<n>" for GCS objects
+    # "file:<mtime_ns>:<ctime_ns>:<inode>" for files: a file replaced with the same size and
+    # mtime (``cp -p``, ``rsync -a``) still gets a new ctime or inode, which no user can set;
+    # "generation:<n>" for GCS objects.
+    version: str
     generation: int = 0  # GCS generation, the precondition for replacing it; 0 for files
 
 

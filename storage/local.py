@@ -33,6 +33,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def file_version(status: os.stat_result) -> str:
+    """What changes whenever a file's bytes may have changed (see ``ObjectInfo.version``)."""
+    return f"file:{status.st_mtime_ns}:{status.st_ctime_ns}:{status.st_ino}"
+
+
 def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
@@ -86,7 +91,7 @@ class LocalStore:
                 yield from self._scan_folder(Path(entry.path), key + "/", real_root,
                                              seen | {real}, exclude, hidden)
             elif stat.S_ISREG(status.st_mode):
-                yield ObjectInfo(key, status.st_size, f"mtime_ns:{status.st_mtime_ns}")
+                yield ObjectInfo(key, status.st_size, file_version(status))
             else:
                 yield Refused(key, "not a regular file")
 
@@ -104,7 +109,7 @@ class LocalStore:
             return None
         if not stat.S_ISREG(status.st_mode):
             return None
-        return ObjectInfo(key, status.st_size, f"mtime_ns:{status.st_mtime_ns}")
+        return ObjectInfo(key, status.st_size, file_version(status))
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()

@@ -144,9 +144,36 @@ def test_corrupted_champion_pointer_is_refused_and_the_last_champion_keeps_servi
         registry.champion()  # refused, with the reason, not silently replaced
     uploads = tmp_path / "uploads"
     _uploads(uploads, official_testdata, names=("girl.png",))
-    result = matting_flow(MattingParams(input_uri=str(uploads), output_uri=str(tmp_path / "out"),
-                                        model="champion", registry_uri=str(registry.root)))
-    assert result["counts"]["ok"] == 1
-    summary = json.loads(Path(result["report"]).read_text())
+    state = matting_flow(MattingParams(input_uri=str(uploads), output_uri=str(tmp_path / "out"),
+                                       model="champion", registry_uri=str(registry.root)),
+                         return_state=True)
+    # Red, with the reason, although the photos were matted by the last good champion.
+    assert state.is_failed() and "champion pointer refused" in state.message
+    (run,) = (tmp_path / "out" / "_runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 1
     assert summary["model_version"].startswith("model-md5:")  # the registry's model.keras
     assert (tmp_path / "registry" / "champion.json").read_text() == "{ truncated"
+
+
+def test_an_all_junk_night_and_an_empty_listing_are_red(prefect_harness, tmp_path,
+                                                        official_testdata, u2netp_onnx):
+    uploads, out = tmp_path / "uploads", tmp_path / "out"
+    _uploads(uploads, official_testdata, names=("girl.png",))
+    params = MattingParams(input_uri=str(uploads), output_uri=str(out), model=str(u2netp_onnx))
+    assert matting_flow(params)["counts"]["ok"] == 1
+    for index in range(12):  # a broken uploader: every new file is junk
+        (uploads / f"junk{index:02d}.jpg").write_bytes(b"\xff\xd8 not a photo")
+    state = matting_flow(params, return_state=True)
+    assert state.is_failed() and "12 of 12 photos failed (> 50%)" in state.message
+    # Below the minimum count the same ratio is a green night with dead letters.
+    assert matting_flow(params.model_copy(update={"min_photos_for_ratio": 13}))["counts"] == \
+        {"ok": 0, "skipped": 1, "failed": 12}
+    # A misconfigured prefix that lists nothing, after nights that found photos.
+    empty = params.model_copy(update={"input_uri": str(tmp_path / "typo")})
+    (tmp_path / "typo").mkdir()
+    state = matting_flow(empty, return_state=True)
+    assert state.is_failed() and "listed nothing, but the previous run" in state.message
+    # A new, still empty bucket is not an alarm.
+    fresh = empty.model_copy(update={"output_uri": str(tmp_path / "fresh-out")})
+    assert matting_flow(fresh)["counts"] == {"ok": 0, "skipped": 0, "failed": 0}

@@ -86,8 +86,16 @@ def test_local_store_lists_writes_and_stats(tmp_path):
     assert written.size == 5 and (root / "new/deep é/file.png").read_bytes() == b"12345"
     assert not [p for p in (root / "new/deep é").iterdir() if p.name.startswith(".")]
     before = store.stat("a.jpg")
-    os.utime(root / "a.jpg", ns=(0, before_ns := 1_000_000_000))
-    assert store.stat("a.jpg").version == f"mtime_ns:{before_ns}" != before.version
+    os.utime(root / "a.jpg", ns=(0, 1_000_000_000))
+    assert store.stat("a.jpg").version != before.version
+    # Replaced by other bytes of the same size with the same mtime, as `cp -p` or `rsync -a`
+    # leave it: still a new version (a new inode, a new ctime).
+    before = store.stat("a.jpg")
+    (root / "a.tmp").write_bytes(b"DATA")
+    os.utime(root / "a.tmp", ns=(0, 1_000_000_000))
+    os.replace(root / "a.tmp", root / "a.jpg")
+    after = store.stat("a.jpg")
+    assert after.size == before.size and after.version != before.version
     assert store.stat("missing.jpg") is None and store.stat("b dir") is None
 
 
