@@ -6,9 +6,16 @@ the same protocol (the ``eval_key``) before they are compared. ``baseline_weight
 official .onnx) seeds an empty registry with the imported official model as the first
 champion, so a fine-tuned model is promoted only if it beats the weights it started from.
 
-Retries: only the idempotent I/O (registering a version, whose id is its content hash;
-recording an evaluation; the compare-and-swap promotion; artifacts). Training resumes from its
-checkpoints when the flow is run again with the same ``run_dir``, so it is never retried blind.
+Run folders: each training run trains in ``run_dir/<config name>-<key>``, where the key hashes
+the config, the data manifest and the starting weights (the champion's version for
+``init: champion``). A retry of a flow run, or the same command after a crash, finds the same
+folder and resumes its checkpoints; a retrain on new labels (another manifest) or from a new
+champion gets a new folder and trains its whole schedule. ``model.train`` refuses to resume a
+folder on other data.
+
+Retries: only the idempotent I/O (registering a version, whose id comes from its weights;
+recording an evaluation; the compare-and-swap promotion; artifacts). Training is never retried
+blind: running the flow again resumes it.
 
     python -m flows.train_flow smoke --data-root DATA --run-dir RUN --registry REG
 """
@@ -16,14 +23,18 @@ checkpoints when the flow is run again with the same ``run_dir``, so it is never
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+import keras
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.states import Completed
 from pydantic import BaseModel, Field
 
 import storage
@@ -33,7 +44,7 @@ from model.evaluate import evaluate_model, protocol_name, split_examples, write_
 from model.export import save_keras
 from model.matting import Matter
 from model.metrics import METRIC_NAMES
-from model.train import train
+from model.train import RESUMABLE_CHANGES, train
 from model.weights import import_onnx
 from operations import pictures
 from operations.registry import Registry, manifest_hash
@@ -55,11 +66,36 @@ class TrainFlowParams(BaseModel):
                                          "champion of an empty registry")
 
 
+class EpochLog(keras.callbacks.Callback):
+    """Each epoch's losses and validation IoU/MAE in the flow run's log, as training goes."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        shown = ", ".join(f"{key} {float(value):.4g}" for key, value in sorted((logs or {}).items())
+                          if key in ("loss", "fused_loss", "fused_iou", "fused_mae")
+                          or key.startswith("val_"))
+        get_run_logger().info("epoch %d/%d: %s", epoch + 1, self.epochs, shown)
+
+
+def run_folder(run_dir: str, config: dict, data_hash: str, start: str | None) -> str:
+    """This training run's folder: same config, data and starting weights -> same folder."""
+    identity = {key: value for key, value in config.items()
+                if key not in RESUMABLE_CHANGES and key != "weights"}
+    text = json.dumps({"config": identity, "data": data_hash, "start": start}, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return str(Path(run_dir) / f"{config['name']}-{key}")
+
+
 @task(cache_policy=NONE)
-def train_model(config: dict, run_dir: str) -> dict:
-    result = train(from_dict(config), run_dir)
+def train_model(config: dict, run_dir: str, data_hash: str) -> dict:
+    parsed = from_dict(config)
+    result = train(parsed, run_dir, data_hash=data_hash, callbacks=[EpochLog(parsed.epochs)])
     return {"model_path": str(result.model_path), "history": list(result.state.history),
-            "steps": result.state.step, "resumed_from": result.resumed_from}
+            "steps": result.state.step, "resumed_from": result.resumed_from,
+            "run_dir": run_dir}
 
 
 @task(cache_policy=NONE)
@@ -87,16 +123,25 @@ def record(registry: str, version: str, eval_key: str, evaluation: dict) -> None
 
 
 @task(**IO_RETRIES)
-def promote(registry: str, version: str, eval_key: str, metric: str) -> dict:
-    return asdict(Registry(registry).promote(version, eval_key, metric))
+def promote(registry: str, version: str, eval_key: str, metric: str, margin: float = 0.0,
+            min_photos: int = 1) -> dict:
+    return asdict(Registry(registry).promote(version, eval_key, metric, margin, min_photos))
 
 
 @task(**IO_RETRIES)
-def publish(decision: dict, summaries: dict[str, dict], figures: dict[str, bytes]) -> None:
+def publish(decision: dict, summaries: dict[str, dict], figures: dict[str, bytes],
+            history: list[dict]) -> None:
     verdict = "promoted" if decision["promoted"] else "not promoted"
     lines = [f"# Candidate `{decision['candidate']}`: {verdict}", "",
              f"{decision['reason']} on `{decision['eval_key']}` "
              f"(champion before: `{decision['champion']}`).", ""]
+    columns = [name for name in ("loss", "val_loss", "fused_iou", "val_fused_iou", "fused_mae",
+                                 "val_fused_mae") if history and name in history[0]]
+    lines += ["| epoch | step | " + " | ".join(columns) + " |",
+              "| ---: | ---: |" + " ---: |" * len(columns)]
+    lines += [f"| {entry['epoch']} | {entry['step']} | "
+              + " | ".join(f"{entry[name]:.4g}" for name in columns) + " |" for entry in history]
+    lines.append("")
     titles = {"loss": "Loss curves", "metrics": "Metrics", "grid": "Photo / prediction / truth"}
     for name, png in figures.items():
         lines += [f"## {titles.get(name, name)}", pictures.markdown_image(name, png), ""]
@@ -115,6 +160,20 @@ def _seed_baseline(registry: Registry, weights: str, run_dir: str) -> str:
                                                "weights": weights}, None, {})
 
 
+def starting_point(config, registry: Registry) -> tuple[object, str | None]:
+    """The config with its starting weights filled in, and their identity for the run key.
+    ``init: champion`` fine-tunes the current champion (checked against its sha256); with no
+    champion yet it starts from the official weights, as the first champion would."""
+    if config.init != "champion":
+        return config, config.init if config.init == "scratch" else f"official:{config.weights}"
+    champion = registry.champion()
+    if champion is None:
+        get_run_logger().warning("init champion: the registry has no champion yet, "
+                                 "starting from the official weights")
+        return dataclasses.replace(config, init="official"), f"official:{config.weights}"
+    return dataclasses.replace(config, weights=str(registry.local_model(champion))), champion
+
+
 @flow(name="train-u2net")
 def train_flow(params: TrainFlowParams) -> dict:
     """Train, evaluate against the champion on the same data, promote if better."""
@@ -131,20 +190,23 @@ def train_flow(params: TrainFlowParams) -> dict:
     protocol = protocol_name(config.eval_max_side, config.eval_size)
     eval_key = f"{config.validation_split}-{data_hash[:12]}-{protocol}"
     registry = Registry(params.registry)
-    run = Path(params.run_dir)
 
     def evaluate(model_path: str, name: str) -> dict:
         return evaluate_file(model_path, config.variant, params.data_root,
                              config.validation_split, config.eval_max_side, config.eval_size,
                              str(run / "eval" / name))
 
-    trained = train_model(config.to_dict(), params.run_dir)
-    candidate = evaluate(trained["model_path"], "candidate")
     if params.baseline_weights and registry.champion() is None:
+        run = Path(params.run_dir)
         baseline = _seed_baseline(registry, params.baseline_weights, params.run_dir)
         record(registry.root, baseline, eval_key,
                evaluate(str(registry.local_model(baseline)), "baseline"))
         promote(registry.root, baseline, eval_key, config.validation_metric)
+    config, start = starting_point(config, registry)
+    run = Path(run_folder(params.run_dir, config.to_dict(), data_hash, start))
+    get_run_logger().info("training run folder %s (starting from %s)", run, start)
+    trained = train_model(config.to_dict(), str(run), data_hash)
+    candidate = evaluate(trained["model_path"], "candidate")
     champion = registry.champion()
     summaries = {"candidate": candidate["summary"]["metrics"]}
     if champion is not None:
@@ -158,10 +220,16 @@ def train_flow(params: TrainFlowParams) -> dict:
     version = register(registry.root, trained["model_path"], config.to_dict(), data_hash,
                        figures)
     record(registry.root, version, eval_key, candidate)
-    decision = promote(registry.root, version, eval_key, config.validation_metric)
-    publish(decision, summaries, figures)
-    return {"version": version, "decision": decision, "steps": trained["steps"],
-            "metrics": candidate["summary"]["metrics"], "eval_key": eval_key}
+    decision = promote(registry.root, version, eval_key, config.validation_metric,
+                       config.promotion_margin, config.min_eval_photos)
+    publish(decision, summaries, figures, trained["history"])
+    verdict = "promoted" if decision["promoted"] else "not promoted"
+    message = f"{version} {verdict}: {decision['reason']}"
+    get_run_logger().info(message)
+    return Completed(message=message, data={
+        "version": version, "decision": decision, "steps": trained["steps"],
+        "resumed_from": trained["resumed_from"], "run_dir": trained["run_dir"],
+        "metrics": candidate["summary"]["metrics"], "eval_key": eval_key})
 
 
 def main(argv: list[str] | None = None) -> dict:

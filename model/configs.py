@@ -4,8 +4,11 @@ A config names everything a run depends on, so the config saved beside a checkpo
 to resume it and the one saved in the registry is enough to reproduce it. Presets:
 
 * ``smoke``: U²-Net† from scratch at 64², 2 epochs of 4 steps; under a minute on a laptop CPU.
+  It validates on ``P3M-500-NP``, the split both P3M-10k and ``matte arrange-p3m`` have.
 * ``p3m10k_full``: the seed's setup, full U²-Net from scratch on P3M-10k, 10 epochs at 320²,
-  12 images per replica, Adam as in the paper.
+  12 images per replica, Adam as in the paper. It validates on ``P3M-500-P`` (face-blurred, the
+  P3M benchmark's privacy track), which only P3M-10k has: on arranged data pass
+  ``--set validation_split=P3M-500-NP``.
 * ``humanseg_lite_finetune``: U²-Net† from the official weights, 4 epochs at 256² on the
   arranged human-seg photos (the CPU result in the README): a low learning rate, and L1 on the
   fused alpha besides BCE, because BCE alone (lr 1e-4, 3 epochs) lowered the validation loss
@@ -32,8 +35,10 @@ METRIC_DIRECTIONS = {"sad": "min", "mse": "min", "mad": "min", "grad": "min", "c
 class TrainConfig:
     name: str
     variant: str = "lite"
-    init: str = "scratch"  # "scratch" or "official" (the official ONNX export, imported)
-    weights: str | None = None  # the .onnx for init="official"; None: the cache / download
+    # "scratch", "official" (the official ONNX export, imported) or "champion" (fine-tune the
+    # registry's current champion: incremental labels; the train flow fills ``weights``)
+    init: str = "scratch"
+    weights: str | None = None  # the .onnx (official) or .keras (champion); None: cache/download
     data_root: str | None = None  # ingested TFRecords (folder or gs:// with manifest.json)
     train_split: str = "train"
     validation_split: str | None = "P3M-500-P"
@@ -58,11 +63,22 @@ class TrainConfig:
     validation_metric: str = "iou"
     eval_max_side: int = 1600  # the P3M test-resolution rule
     eval_size: int | None = None  # evaluate at eval_size² instead (the official U²-Net protocol)
+    # Promotion: the candidate must beat the champion by this much on validation_metric (in the
+    # metric's units, in its better direction) over at least this many evaluated photos.
+    promotion_margin: float = 0.002
+    min_eval_photos: int = 10
+    # Training devices: None = every local accelerator (or the CPU); else a list of device
+    # names, e.g. ["/cpu:0", "/cpu:1"] (TF logical devices) or ["cpu:0", "cpu:1"] (JAX).
+    devices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.devices is not None:  # YAML and JSON give lists
+            object.__setattr__(self, "devices", tuple(self.devices))
         checks = {
             "variant": self.variant in ("lite", "full"),
-            "init": self.init in ("scratch", "official"),
+            "init": self.init in ("scratch", "official", "champion"),
+            "promotion_margin": self.promotion_margin >= 0,
+            "min_eval_photos": self.min_eval_photos >= 1,
             "precision": self.precision in ("auto", "float32", "mixed_float16",
                                             "mixed_bfloat16"),
             "validation_metric": self.validation_metric in METRIC_DIRECTIONS,
@@ -79,7 +95,7 @@ class TrainConfig:
     def freeze_batch_norm(self) -> bool:
         # The official export folded BN into the convs; the imported BN layers are identity
         # with no statistics behind them, so they must stay in inference mode.
-        return self.init == "official"
+        return self.init in ("official", "champion")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,7 +107,8 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "smoke": {"variant": "lite", "init": "scratch", "image_size": 64, "batch_per_replica": 2,
               "epochs": 2, "steps_per_epoch": 4, "checkpoint_every": 2, "shuffle_buffer": 16,
-              "validate_each_epoch": False, "validation_metric": "iou"},
+              "validate_each_epoch": False, "validation_metric": "iou",
+              "validation_split": "P3M-500-NP", "min_eval_photos": 1},
     "p3m10k_full": {"variant": "full", "init": "scratch", "train_split": "train",
                     "validation_split": "P3M-500-P", "image_size": 320,
                     "batch_per_replica": 12, "epochs": 10, "checkpoint_every": 500,

@@ -254,15 +254,17 @@ def train_dataset(root: str, batch_size: int, *, split: str = "train", size: int
                   shuffle_buffer: int = 256, cache: bool | str = False) -> tf.data.Dataset:
     """``(image, labels)`` batches for ``fit``: augmented, normalised, ``labels`` per output.
 
-    With ``seed`` the order and every augmentation are reproducible; each epoch (each new
-    iteration) still draws new ones. The last partial batch is dropped so every step has the
-    same shape on every replica.
+    With ``seed`` the order and every augmentation are reproducible, and iterating the dataset
+    again gives the same batches: training passes a new seed per epoch, and a resumed run must
+    see what an uninterrupted one saw whatever extra reads Keras makes (its first ``fit``
+    reads once more to build the loss, on some backends only). The last partial batch is
+    dropped so every step has the same shape on every replica.
     """
     _require_tensorflow_backend()
     augment = augment or Augment()
     dataset = records(root, split, cache).shuffle(shuffle_buffer, seed=seed,
-                                                  reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+                                                  reshuffle_each_iteration=False)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=False).batch(2)
 
     def prepare(record, pair_seed):
         image, alpha = augment_pair(record["image"], record["alpha"], pair_seed, size, augment)

@@ -17,12 +17,11 @@ Layout of a run folder: ``config.json``, ``checkpoints/{latest.json, ckpt-<step>
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +29,23 @@ import keras
 import tensorflow as tf
 
 from model.configs import TrainConfig
+from model.distribute import check_batch_size, distribution_scope, global_batch_size
 from model.export import save_keras
+from model.keras_metrics import fused_metrics
 from model.losses import deep_supervision_loss
 from model.u2net import build_u2net
 from model.weights import import_onnx, resolve_weights
 from storage import write_atomic
 
 EpochData = Callable[[int], tf.data.Dataset]  # epoch index -> that epoch's (image, labels)
-# Fields that may change between a run and its resume: none of them changes what is trained.
-RESUMABLE_CHANGES = {"name", "epochs", "checkpoint_every", "keep_checkpoints", "run_eagerly",
-                     "validation_metric", "eval_max_side", "eval_size"}
+# Fields that may change between a run and its resume: none of them changes what is trained
+# ("weights" only seeds step 0, and a resumed run loads its checkpoint; the train flow names
+# the starting weights in the run folder's key instead of a local cache path).
+RESUMABLE_CHANGES = {"weights", "promotion_margin", "min_eval_photos", "name", "epochs",
+                     "checkpoint_every", "keep_checkpoints", "run_eagerly",
+                     "validation_metric", "eval_max_side", "eval_size",
+                     # a resume keeps the checkpoint's global batch on any device count
+                     "devices"}
 
 
 @dataclass(frozen=True)
@@ -72,24 +78,23 @@ def precision_policy(precision: str) -> str:
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
 
 
-@contextlib.contextmanager
-def distribution_scope() -> Iterator[int]:
-    """All local devices, data parallel; yields the number of replicas.
-
-    MirroredStrategy on TensorFlow; on JAX, Keras' DataParallel (DESIGN.md §6).
-    """
-    if keras.backend.backend() == "tensorflow":
-        strategy = tf.distribute.MirroredStrategy()
-        with strategy.scope():
-            yield strategy.num_replicas_in_sync
-    else:
-        devices = keras.distribution.list_devices()
-        with keras.distribution.DataParallel(devices=devices).scope():
-            yield len(devices)
-
-
 def build_model(config: TrainConfig) -> keras.Model:
     """The training form (with BN layers) at any input size: evaluation runs at any size."""
+    if config.init == "champion":
+        # A registered model is the training form already (identity BN from the import, or
+        # BN that fine-tuning kept frozen); the train flow passes its verified local copy.
+        if config.weights is None:
+            raise ValueError(f"config {config.name!r}: init 'champion' needs weights (the "
+                             "champion's model.keras; the train flow fills it in)")
+        from model.export import load_keras, variant_of_model
+
+        model = load_keras(config.weights)
+        if variant_of_model(model) != config.variant:
+            raise ValueError(f"{config.weights}: not a {config.variant} model")
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        return model
     if config.init == "official":
         model = import_onnx(resolve_weights(config.variant, config.weights), None)
         if not model.name.startswith(f"u2net_{config.variant}"):
@@ -108,7 +113,7 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
         epsilon=config.epsilon, weight_decay=config.weight_decay or None)
     model.compile(optimizer=optimizer,
                   loss=deep_supervision_loss(config.l1_weight, config.gradient_weight),
-                  run_eagerly=config.run_eagerly)
+                  metrics=fused_metrics(), run_eagerly=config.run_eagerly)
 
 
 def tfrecord_epochs(config: TrainConfig, global_batch: int) -> tuple[EpochData, int]:
@@ -193,6 +198,31 @@ class Checkpointer(keras.callbacks.Callback):
         save_checkpoint(self.model, self.run_dir, self.state, self.keep)
 
 
+def _check_same_data(run_dir: Path, data_hash: str | None) -> None:
+    """A run folder trains on one dataset: resuming it on other data would mix two runs."""
+    path = run_dir / "data.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())["manifest_sha256"]
+        if saved != data_hash:
+            raise ValueError(
+                f"{run_dir} was trained on data manifest {str(saved)[:12]}, the data now has "
+                f"{str(data_hash)[:12]}: a retrain on new data needs a new run folder")
+    else:
+        _write_json(path, {"manifest_sha256": data_hash})
+
+
+def _check_validation_split(config: TrainConfig) -> None:
+    from model import data
+
+    splits = data.read_manifest(config.data_root)["splits"]
+    if not splits.get(config.validation_split, {}).get("pairs"):
+        raise ValueError(
+            f"config {config.name!r} validates on {config.validation_split!r}, which "
+            f"{config.data_root} does not hold (it has photos in "
+            f"{sorted(name for name, split in splits.items() if split.get('pairs'))}); pass "
+            "--set validation_split=NAME (arrange-p3m writes P3M-500-NP)")
+
+
 def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
     saved_path = run_dir / "config.json"
     if saved_path.is_file():
@@ -206,23 +236,36 @@ def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
 
 def train(config: TrainConfig, run_dir: str | os.PathLike, *, epoch_data: EpochData | None = None,
           steps_per_epoch: int | None = None, validation_data: tf.data.Dataset | None = None,
-          callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> TrainResult:
+          callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0,
+          data_hash: str | None = None) -> TrainResult:
     """Train ``config`` in ``run_dir``, resuming from its latest checkpoint if there is one.
 
     ``epoch_data`` (with ``steps_per_epoch``) replaces the TFRecord reader, e.g. in tests;
     ``epoch_data(e)`` must give the same batches whenever it is called with the same ``e``.
+    ``data_hash`` names the training data (default: the manifest hash of ``data_root``); a
+    run folder refuses to resume on other data.
     """
+    if epoch_data is None and config.data_root is not None:
+        from model import data
+
+        data_hash = data_hash or data.manifest_sha256(config.data_root)
+        if config.validation_split and config.validate_each_epoch:
+            _check_validation_split(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_run(run_dir, config)
+    _check_same_data(run_dir, data_hash)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision_policy(config.precision))
     try:
-        with distribution_scope() as replicas:
-            global_batch = config.batch_per_replica * replicas
+        with distribution_scope(config.devices) as replicas:
             model = build_model(config)
             compile_model(model, config)
             restored = restore_checkpoint(model, run_dir)
+            # A resume keeps the checkpoint's global batch (so its data position) whatever
+            # the replica count is now; a new run has batch_per_replica on each replica.
+            global_batch = global_batch_size(config.batch_per_replica, replicas,
+                                             restored.global_batch if restored else None)
             if epoch_data is None:
                 epoch_data, steps_per_epoch = tfrecord_epochs(config, global_batch)
                 if validation_data is None and config.validation_split and \
@@ -235,16 +278,17 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, epoch_data: EpochD
             if not steps_per_epoch:
                 raise ValueError("steps_per_epoch is needed with epoch_data")
             state = restored or TrainState(0, steps_per_epoch, global_batch)
-            if (state.steps_per_epoch, state.global_batch) != (steps_per_epoch, global_batch):
+            if state.steps_per_epoch != steps_per_epoch:
                 raise ValueError(f"{run_dir}: checkpoint has {state.steps_per_epoch} steps of "
-                                 f"{state.global_batch} per epoch, this run {steps_per_epoch} of "
-                                 f"{global_batch}: the data position would not match")
+                                 f"{global_batch} per epoch, this run {steps_per_epoch}: the "
+                                 "data position would not match")
             checkpointer = Checkpointer(run_dir, state, config.checkpoint_every,
                                         config.keep_checkpoints)
             board = keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False)
             for epoch in range(state.step // steps_per_epoch, config.epochs):
                 done = checkpointer.state.step - epoch * steps_per_epoch
-                batches = epoch_data(epoch).skip(done).take(steps_per_epoch - done)
+                batches = check_batch_size(epoch_data(epoch), global_batch)
+                batches = batches.skip(done).take(steps_per_epoch - done)
                 model.fit(batches, initial_epoch=epoch, epochs=epoch + 1,
                           steps_per_epoch=steps_per_epoch - done, validation_data=validation_data,
                           callbacks=[checkpointer, board, *callbacks], verbose=verbose)

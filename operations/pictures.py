@@ -33,19 +33,25 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+CURVES = {"loss": "deep-supervision loss (7 outputs)", "fused_loss": "fused output loss",
+          "fused_iou": "fused IoU@0.5", "fused_mae": "fused MAE"}
+
+
 def loss_curves(history: Sequence[Mapping[str, float]]) -> bytes:
-    """Total and fused-output loss per epoch, training and (when present) validation."""
+    """Losses per epoch and, when training logged them, the fused map's IoU and MAE; training
+    and (when present) validation."""
     if not history:
         raise ValueError("no epochs in the history")
     epochs = [entry["epoch"] for entry in history]
-    figure = Figure(figsize=(9, 3.2))
-    axes = figure.subplots(1, 2)
-    for axis, name in zip(axes, ("loss", "fused_loss"), strict=True):
+    names = [name for name in CURVES if name in history[0] or f"val_{name}" in history[0]]
+    figure = Figure(figsize=(4.5 * len(names), 3.2))
+    axes = figure.subplots(1, len(names), squeeze=False)[0]
+    for axis, name in zip(axes, names, strict=True):
         for prefix, style in (("", "o-"), ("val_", "s--")):
             values = [entry.get(prefix + name) for entry in history]
             if all(value is not None for value in values):
                 axis.plot(epochs, values, style, label=f"{'validation' if prefix else 'train'}")
-        axis.set_title("deep-supervision loss (7 outputs)" if name == "loss" else "fused output")
+        axis.set_title(CURVES[name])
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)

@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A loaded 2-core machine can take longer than Prefect's 20-30 s to start an ephemeral API.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 SHARED_DATA = Path(
     os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -79,7 +81,7 @@ def prefect_harness():
     """One temporary Prefect API (SQLite) for every flow test in the session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=None):  # the variable above
         yield
 
 

@@ -30,7 +30,7 @@ def flow_run(tmp_path_factory, u2netp_onnx):
         baseline_weights=str(u2netp_onnx),
         overrides={"image_size": 32, "epochs": 1, "steps_per_epoch": 2,
                    "validation_split": "P3M-500-P"})
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=None):
         result = train_flow(params)
         with get_client(sync_client=True) as client:
             artifacts = {key: client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -58,7 +58,9 @@ def test_candidate_is_compared_with_the_baseline_champion(flow_run):
     assert decision["candidate_score"] == result["metrics"]["iou"]
     stored = registry.evaluation(baseline, result["eval_key"])["metrics"]["iou"]
     assert decision["champion_score"] == stored
-    assert decision["promoted"] == (decision["candidate_score"] > decision["champion_score"])
+    gain = decision["candidate_score"] - decision["champion_score"]
+    assert decision["rule"] == "margin" and decision["margin"] == 0.002
+    assert decision["promoted"] == (round(gain, 12) >= decision["margin"])
     assert registry.champion() == (result["version"] if decision["promoted"] else baseline)
     config = json.loads((root / "registry" / "versions" / result["version"] / "config.json")
                         .read_text())
