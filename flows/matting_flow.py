@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from model.imaging import ImageError, parse_color
 from model.outputs import OutputOptions
+from operations import markdown
 from operations.pictures import before_after, markdown_image
 from operations.registry import Registry, RegistryError
 from pipelines import matte_bucket
@@ -171,9 +172,11 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
         except (*IO_ERRORS, ImageError) as error:  # e.g. deleted since the run
             get_run_logger().warning("no thumbnail for %s: %s", record["key"], error)
             continue
-        lines += [f"**{record['key']}**", "", markdown_image(record["key"], png), ""]
+        lines += [f"**{markdown.escape(record['key'])}**", "",
+                  markdown_image(markdown.escape(record["key"]), png), ""]
     for letter in letters[:20]:
-        lines.append(f"- dead letter `{letter['key']}` ({letter['stage']}): {letter['reason']}")
+        lines.append(f"- dead letter {markdown.code(letter['key'])} ({letter['stage']}): "
+                     f"{markdown.escape(letter['reason'])}")
     create_markdown_artifact(key=THUMBNAILS_KEY, markdown="\n".join(lines))
 
 

@@ -262,10 +262,12 @@ def _unidentified_reason(data: bytes) -> str:
             return f"truncated or corrupt image data (looks like {name}, but cannot be parsed)"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "truncated or corrupt image data (looks like WebP, but cannot be parsed)"
+    # Reasons name the problem, never the file's bytes: they go to logs and dashboards.
     if data[4:8] == b"ftyp":
         brand = data[8:12].decode("ascii", "replace")
-        return f"not an image (unsupported container format, brand {brand!r}, e.g. HEIC)"
-    return f"not an image (unrecognised format, starts with {data[:8]!r})"
+        known = brand if brand.isascii() and brand.isalnum() else "unknown"
+        return f"not an image (unsupported container format, brand {known}, e.g. HEIC)"
+    return "not an image (unrecognised format)"
 
 
 def _check_image_and_alpha(image: np.ndarray, alpha: np.ndarray) -> None:
