@@ -41,6 +41,12 @@ SUMMARY_KEY = "matting-summary"
 DEAD_LETTERS_KEY = "matting-dead-letters"
 THUMBNAILS_KEY = "matting-thumbnails"
 PROGRESS_EVERY_S = 10.0
+# Bounds on an unattended night: the pipeline's own limit is a parameter; the flow's and the
+# tasks' (static in Prefect) sit above it so the pipeline's limit, which cancels the job,
+# normally fires first.
+FLOW_TIMEOUT_S = 13 * 3600
+PIPELINE_TASK_TIMEOUT_S = 12 * 3600
+IO_TASK_TIMEOUT_S = 600
 SYSTEMIC_STAGES = {"inference", "write"}  # failing there for every photo is not the photos
 
 
@@ -55,6 +61,8 @@ class MattingParams(BaseModel):
     only_mask: bool = False
     bgcolor: str | None = None
     thumbnails: int = Field(4, ge=0, le=12)
+    pipeline_timeout_s: int = Field(6 * 3600, ge=60, le=11 * 3600, description="the pipeline "
+                                    "is cancelled and the night red past this")
     # What makes a night red (README, "What makes a night red"):
     max_failure_ratio: float = Field(0.5, ge=0, le=1, description="red when more of this "
                                      "night's photos than this fraction are dead letters...")
@@ -67,7 +75,7 @@ class MattingParams(BaseModel):
 
 
 # Reading the registry is idempotent I/O: safe to retry on a transient storage error.
-@task(retries=2, retry_delay_seconds=10)
+@task(retries=2, retry_delay_seconds=10, timeout_seconds=IO_TASK_TIMEOUT_S)
 def resolve_model(model: str, registry_uri: str) -> tuple[str, str | None, str | None]:
     """(variant, weights URI, fallback reason): the champion's .keras for ``"champion"``;
     the reason is set when the pointer was refused and the last good champion serves."""
@@ -104,7 +112,7 @@ def _count(uri: str) -> int:
     return sum(1 for _ in open_store(uri).list())
 
 
-@task
+@task(timeout_seconds=PIPELINE_TASK_TIMEOUT_S)
 def run_pipeline(params: MattingParams, variant: str, weights: str | None, run_id: str) -> str:
     """The Beam run; a progress artifact follows the outputs' state records as they land."""
     options, pipeline_options = bucket_options(params, variant, weights, run_id)
@@ -124,7 +132,7 @@ def run_pipeline(params: MattingParams, variant: str, weights: str | None, run_i
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     try:
-        matte_bucket.launch(options, pipeline_options)
+        matte_bucket.launch(options, pipeline_options, timeout_s=params.pipeline_timeout_s)
     finally:
         finished.set()
         follower.join()
@@ -133,7 +141,7 @@ def run_pipeline(params: MattingParams, variant: str, weights: str | None, run_i
 
 
 # Reading the run records is idempotent I/O.
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=5, timeout_seconds=IO_TASK_TIMEOUT_S)
 def read_run(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict]]:
     out = open_store(output_uri)
     folder = f"_runs/{run_id}/"
@@ -146,7 +154,7 @@ def read_run(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict]
     return summary, lines("manifest.jsonl"), lines("dead_letter.jsonl")
 
 
-@task
+@task(timeout_seconds=IO_TASK_TIMEOUT_S)
 def publish(params: MattingParams, summary: dict, records: list[dict],
             letters: list[dict]) -> None:
     counts = summary["counts"]
@@ -226,7 +234,7 @@ def night_verdict(params: MattingParams, summary: dict, previous: tuple[str, int
     return None
 
 
-@flow(name="nightly-matting")
+@flow(name="nightly-matting", timeout_seconds=FLOW_TIMEOUT_S)
 def matting_flow(params: MattingParams) -> dict:
     """Matte every new photo under ``params.input_uri`` into ``params.output_uri``."""
     run_id = new_run_id()

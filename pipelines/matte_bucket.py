@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsList, TaggedOutput
+from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.window import GlobalWindows
 
 from model.imaging import ImageError, decode_image
@@ -233,18 +235,39 @@ def build(p: beam.Pipeline, options: BucketOptions) -> BucketResult:
     return BucketResult(records, letters, summary)
 
 
-def launch(options: BucketOptions,
-           pipeline_options: PipelineOptions) -> beam.runners.runner.PipelineResult:
+def launch(options: BucketOptions, pipeline_options: PipelineOptions,
+           timeout_s: float | None = None) -> beam.runners.runner.PipelineResult:
     """Validate ``options`` and run them to the end on the runner the pipeline options name;
-    the PipelineResult carries the counters (``counter``)."""
+    the PipelineResult carries the counters (``counter``).
+
+    ``timeout_s`` bounds the wait for a runner that returns before the job ends (Dataflow):
+    past it, or when the wait itself is interrupted, the job is cancelled, so a failed or
+    timed-out flow leaves no job running. The in-process runner finishes inside ``run()``.
+    """
     options = validate(options, pipeline_options)
     options = dataclasses.replace(options, model_version=model_version(options.model,
                                                                        options.weights))
     pipeline = beam.Pipeline(runner=pinned_runner(pipeline_options), options=pipeline_options)
     build(pipeline, options)
     result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        state = result.wait_until_finish(
+            duration=None if timeout_s is None else int(timeout_s * 1000))
+    except BaseException:
+        _cancel(result)
+        raise
+    if not PipelineState.is_terminal(state):
+        _cancel(result)
+        raise TimeoutError(f"the pipeline did not finish within {timeout_s:.0f} s "
+                           f"(state {state}); the job was cancelled")
     return result
+
+
+def _cancel(result: beam.runners.runner.PipelineResult) -> None:
+    try:
+        result.cancel()
+    except (NotImplementedError, RuntimeError) as error:  # finished meanwhile, or no API
+        logging.getLogger(__name__).warning("could not cancel the pipeline: %s", error)
 
 
 def counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
