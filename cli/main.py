@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     loaded = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS.items()
               if module in sys.modules]
-    return (ValueError, FileNotFoundError, NotADirectoryError, *loaded)
+    from storage import OutputLocked  # storage is light: no TensorFlow behind it
+
+    return (ValueError, FileNotFoundError, NotADirectoryError, OutputLocked, *loaded)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,15 +54,11 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def cmd_folder(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
-    from model.imaging import ImageError, decode_image
-    from model.matting import Matter
-    from model.outputs import render
     from model.weights import model_version
     from pipelines import planner
-    from pipelines.planner import DeadLetter, RunSettings
-    from storage import IO_ERRORS, open_store
+    from pipelines.planner import RunSettings
+    from storage import run_lock
 
     if not Path(args.input).is_dir():
         raise FileNotFoundError(f"input folder not found: {args.input}")
@@ -71,6 +67,26 @@ def cmd_folder(args: argparse.Namespace) -> int:
     exclude = planner.exclude_for(args.input, args.output)
     settings = RunSettings(output_options(args), model_version(args.model, args.weights),
                            args.official_normalization, args.max_bytes)
+    with run_lock(args.output):  # one run per output folder: a second fails at once
+        done, failures, skipped = _matte_folder(args, exclude, settings)
+    print(f"ok: {done}  skipped: {skipped}  failed: {len(failures)}  -> {args.output}")
+    for letter in sorted(failures, key=lambda letter: letter.key):
+        print(f"  failed {letter.key}: {letter.reason}")
+    return 1 if failures else 0
+
+
+def _matte_folder(args: argparse.Namespace, exclude: str | None,
+                  settings) -> tuple[int, list, int]:
+    """(matted, dead letters, skipped) for one locked run of ``matte p``."""
+    from tqdm import tqdm
+
+    from model.imaging import ImageError, decode_image
+    from model.matting import Matter
+    from model.outputs import render
+    from pipelines import planner
+    from pipelines.planner import DeadLetter
+    from storage import IO_ERRORS, open_store
+
     source, out = open_store(args.input), open_store(args.output)
     plan = planner.plan(source, out, exclude, settings)
     failures, done = list(plan.dead), 0
@@ -99,7 +115,4 @@ def cmd_folder(args: argparse.Namespace) -> int:
                                                f"cannot write {job.output}: {error}"))
                     continue
                 done += 1
-    print(f"ok: {done}  skipped: {len(plan.skipped)}  failed: {len(failures)}  -> {args.output}")
-    for letter in sorted(failures, key=lambda letter: letter.key):
-        print(f"  failed {letter.key}: {letter.reason}")
-    return 1 if failures else 0
+    return done, failures, len(plan.skipped)

@@ -37,7 +37,7 @@ from pipelines.model_handler import METRICS_NAMESPACE, MattingModelHandler
 from pipelines.options import BucketOptions, validate
 from pipelines.planner import DeadLetter, Job
 from pipelines.runners import pinned_runner
-from storage import IO_ERRORS, ObjectInfo, open_store
+from storage import IO_ERRORS, ObjectInfo, open_store, run_lock
 
 DEAD, SKIPPED = "dead", "skipped"
 STAGES = ("read", "decode", "inference", "render", "write")
@@ -249,6 +249,12 @@ def launch(options: BucketOptions, pipeline_options: PipelineOptions,
                                                                        options.weights))
     pipeline = beam.Pipeline(runner=pinned_runner(pipeline_options), options=pipeline_options)
     build(pipeline, options)
+    with run_lock(options.output_uri):  # a local output folder: one run at a time
+        return _run_to_the_end(pipeline, timeout_s)
+
+
+def _run_to_the_end(pipeline: beam.Pipeline,
+                    timeout_s: float | None) -> beam.runners.runner.PipelineResult:
     result = pipeline.run()
     try:
         state = result.wait_until_finish(

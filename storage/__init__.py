@@ -29,13 +29,15 @@ from storage.keys import (
     split_gcs,
     split_uri,
 )
-from storage.local import LocalStore, write_atomic
+from storage.local import LocalStore, OutputLocked, write_atomic
+from storage.local import run_lock as _local_run_lock
 
 __all__ = [
     "IO_ERRORS", "MAX_SEGMENT_BYTES", "RESERVED_PREFIXES", "GcsStore", "LocalStore",
-    "ObjectInfo", "Refused", "Store", "UnsafeKeyError", "WriteConflict", "check_key", "crc32c",
+    "ObjectInfo", "OutputLocked", "Refused", "Store", "UnsafeKeyError", "WriteConflict",
+    "check_key", "crc32c",
     "exists", "is_gcs", "is_hidden", "join", "localize", "open_store", "read_bytes",
-    "relative_location", "split_gcs", "split_uri", "write_atomic", "write_bytes",
+    "relative_location", "run_lock", "split_gcs", "split_uri", "write_atomic", "write_bytes",
 ]
 
 # What reading or writing one object may raise: that object fails, the run goes on.
@@ -82,3 +84,12 @@ def localize(uri: str | os.PathLike, cache: str | os.PathLike | None = None) -> 
     if not target.is_file():
         write_atomic(target, store.read(name))
     return target
+
+
+def run_lock(uri: str | os.PathLike):
+    """A context holding an output root for one run: a lock file for a folder (see
+    ``storage.local.run_lock``); nothing for gs://, where every state record is written with
+    a generation precondition instead."""
+    import contextlib
+
+    return contextlib.nullcontext() if is_gcs(str(uri)) else _local_run_lock(uri)

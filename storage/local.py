@@ -3,7 +3,10 @@ create-only writes (temp file + hard link)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import hashlib
 import os
 import re
 import stat
@@ -178,3 +181,41 @@ class LocalStore:
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+class OutputLocked(RuntimeError):
+    """Another run holds the output folder."""
+
+
+@contextlib.contextmanager
+def run_lock(root: str | os.PathLike) -> Iterator[None]:
+    """Hold an output folder for one run: a second run on the same folder fails at once with
+    the holder's pid instead of interleaving its outputs and state records with the first's.
+    ``flock`` dies with its process, so a killed run never leaves a stale lock behind. The
+    lock file lives in the temp folder, named by the output's real path, so the output holds
+    only outputs (runs on one output from several machines need gs://, whose state records
+    carry generation preconditions)."""
+    folder = Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(os.path.realpath(folder).encode()).hexdigest()[:24]
+    locks = Path(tempfile.gettempdir()) / "matte-locks"
+    locks.mkdir(exist_ok=True)
+    handle = open(locks / f"{name}.lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputLocked(f"{root} is being written by another run ({holder}); wait for "
+                               "it to finish or choose another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

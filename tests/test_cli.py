@@ -211,3 +211,19 @@ def test_a_photo_replaced_with_the_same_size_and_mtime_is_redone(tmp_path, offic
     assert "ok: 1" in capsys.readouterr().out
     assert (out / "photo.png").read_bytes() != first
     assert main(args) == 0 and "skipped: 1" in capsys.readouterr().out
+
+
+def test_a_second_run_on_the_same_output_folder_fails_at_once(tmp_path, official_testdata,
+                                                             u2netp_onnx, capsys):
+    from storage import run_lock
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    shutil.copy(official_testdata / "test_images" / "girl.png", photos)
+    with run_lock(tmp_path / "out"):  # a run in progress
+        code = main(["p", str(photos), str(tmp_path / "out"), "--weights", str(u2netp_onnx)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"pid {os.getpid()}" in err and "another run" in err
+        assert not (tmp_path / "out" / "girl.png").exists()
+    assert main(["p", str(photos), str(tmp_path / "out"), "--weights", str(u2netp_onnx)]) == 0
+    assert (tmp_path / "out" / "girl.png").is_file()
