@@ -31,6 +31,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     folder.add_argument("input")
     folder.add_argument("output")
     folder.add_argument("--batch-size", type=int, default=8)
+    folder.add_argument("--prune", action="store_true",
+                        help="remove outputs whose source photo is gone (listed otherwise)")
     add_model_flags(folder)
     add_output_flags(folder)
     add_limit_flags(folder)
@@ -68,16 +70,19 @@ def cmd_folder(args: argparse.Namespace) -> int:
     settings = RunSettings(output_options(args), model_version(args.model, args.weights),
                            args.official_normalization, args.max_bytes)
     with run_lock(args.output):  # one run per output folder: a second fails at once
-        done, failures, skipped = _matte_folder(args, exclude, settings)
+        done, failures, skipped, orphans = _matte_folder(args, exclude, settings)
     print(f"ok: {done}  skipped: {skipped}  failed: {len(failures)}  -> {args.output}")
+    for output in orphans:
+        print(f"  {'removed' if args.prune else 'orphaned'} {output}: its source is gone"
+              + ("" if args.prune else " (--prune removes it)"))
     for letter in sorted(failures, key=lambda letter: letter.key):
         print(f"  failed {letter.key}: {letter.reason}")
     return 1 if failures else 0
 
 
 def _matte_folder(args: argparse.Namespace, exclude: str | None,
-                  settings) -> tuple[int, list, int]:
-    """(matted, dead letters, skipped) for one locked run of ``matte p``."""
+                  settings) -> tuple[int, list, int, list[str]]:
+    """(matted, dead letters, skipped, orphaned outputs) for one locked run of ``matte p``."""
     from tqdm import tqdm
 
     from model.imaging import ImageError, decode_image
@@ -115,4 +120,6 @@ def _matte_folder(args: argparse.Namespace, exclude: str | None,
                                                f"cannot write {job.output}: {error}"))
                     continue
                 done += 1
-    return done, failures, len(plan.skipped)
+    if args.prune:
+        planner.prune(out, plan.orphans)
+    return done, failures, len(plan.skipped), plan.orphans

@@ -24,6 +24,8 @@ from storage import (
     Store,
     UnsafeKeyError,
     check_key,
+    join,
+    open_store,
     relative_location,
 )
 
@@ -70,6 +72,9 @@ class Plan:
     todo: list[Job] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # manifest records of outputs done
     dead: list[DeadLetter] = field(default_factory=list)
+    # Outputs whose source is gone (deleted or renamed): reported, never kept silently as
+    # fresh; ``prune`` removes them.
+    orphans: list[str] = field(default_factory=list)
 
 
 def exclude_for(input_uri: str, output_uri: str) -> str | None:
@@ -153,8 +158,9 @@ def commit(out: Store, job: Job, data: bytes, settings: RunSettings) -> ObjectIn
 
 def plan(source: Store, out: Store, exclude: str | None, settings: RunSettings) -> Plan:
     """Every step above over a whole listing, in key order."""
-    result, by_output = Plan(), {}
+    result, by_output, listed = Plan(), {}, set()
     for entry in source.scan(exclude=exclude):
+        listed.add(entry.key)
         classified = classify(entry, settings)
         if isinstance(classified, DeadLetter):
             result.dead.append(classified)
@@ -169,4 +175,29 @@ def plan(source: Store, out: Store, exclude: str | None, settings: RunSettings) 
         else:
             result.todo.append(job)
     result.todo.sort(key=lambda job: job.source.key)
+    result.orphans = orphans(out, set(by_output), listed)
     return result
+
+
+def orphans(out: Store, outputs: set[str], sources: set[str]) -> list[str]:
+    """Outputs not planned this run whose state record names a source the listing no longer
+    has. Only ``_state/`` is listed (one record per output), not the outputs themselves. A
+    source that is listed but unusable this time (a dead letter) keeps its old output."""
+    states = open_store(join(out.uri, STATE_KEY.split("/")[0]))
+    found = []
+    for info in states.list(hidden=True):
+        output = info.key.removesuffix(".json")
+        if output in outputs:
+            continue
+        state = _state(out, output)
+        if state is None or state.get("key") not in sources:
+            found.append(output)
+    return sorted(found)
+
+
+def prune(out: Store, outputs: list[str]) -> None:
+    """Remove orphaned outputs: the state record first, so a crash in between leaves an
+    output that the next run reports again, never a state without its output."""
+    for output in outputs:
+        out.delete(STATE_KEY.format(output))
+        out.delete(output)

@@ -227,3 +227,23 @@ def test_a_second_run_on_the_same_output_folder_fails_at_once(tmp_path, official
         assert not (tmp_path / "out" / "girl.png").exists()
     assert main(["p", str(photos), str(tmp_path / "out"), "--weights", str(u2netp_onnx)]) == 0
     assert (tmp_path / "out" / "girl.png").is_file()
+
+
+def test_an_output_whose_source_was_deleted_is_reported_and_pruned(tmp_path, official_testdata,
+                                                                   u2netp_onnx, capsys):
+    photos, out = tmp_path / "in", tmp_path / "out"
+    photos.mkdir()
+    for name in ("girl.png", "im_14.png"):
+        Image.open(official_testdata / "test_images" / name).resize((64, 64)).save(photos / name)
+    args = ["p", str(photos), str(out), "--weights", str(u2netp_onnx)]
+    assert main(args) == 0
+    (photos / "im_14.png").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "orphaned im_14.png: its source is gone (--prune removes it)" in capsys.readouterr().out
+    assert (out / "im_14.png").is_file()  # reported, not removed without asking
+    assert main([*args, "--prune"]) == 0
+    assert "removed im_14.png" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["_state/girl.png.json", "girl.png"]
+    assert main(args) == 0 and "orphaned" not in capsys.readouterr().out
