@@ -255,6 +255,10 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, epoch_data: EpochD
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_run(run_dir, config)
     _check_same_data(run_dir, data_hash)
+    # Every random choice of a run (initial weights, the data order of seeded shuffles, which
+    # also read TF's global seed) follows the config alone, never what ran before in the
+    # process: a resumed run must see the batches an uninterrupted one saw.
+    keras.utils.set_random_seed(config.seed)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision_policy(config.precision))
     try:
