@@ -109,7 +109,11 @@ def test_each_retrain_trains_on_its_new_labels(tmp_path, u2netp_onnx, prefect_ha
     (killed,) = checkpoints(tmp_path) - before
     killed_step = json.loads(killed.read_text())["step"]
     assert killed_step < train_steps(tmp_path), "the run finished before it could be killed"
-    third = train_flow(params(tmp_path, u2netp_onnx))
+    state = train_flow(params(tmp_path, u2netp_onnx), return_state=True)
+    third = state.result()
+    # The dashboard's state message says what was decided and why.
+    verdict = "promoted" if third["decision"]["promoted"] else "not promoted"
+    assert state.message == f"{third['version']} {verdict}: {third['decision']['reason']}"
     assert Path(third["run_dir"]) == killed.parent.parent
     assert third["resumed_from"] == killed_step and third["steps"] == train_steps(tmp_path)
     assert len(registry.versions()) >= 3

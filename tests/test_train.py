@@ -110,6 +110,16 @@ def test_resuming_with_another_config_is_refused(reference):
         train(other, reference.run_dir, epoch_data=synthetic_epochs())
 
 
+def test_resuming_on_other_data_is_refused(reference):
+    """A run folder belongs to one dataset: new labels are a new run, never a resume."""
+    record = json.loads((reference.run_dir / "data.json").read_text())
+    with pytest.raises(ValueError, match="a retrain on new data needs a new run folder"):
+        train(CONFIG, reference.run_dir, epoch_data=synthetic_epochs(),
+              data_hash="0" * 64)
+    assert json.loads((reference.run_dir / "data.json").read_text()) == record
+    assert record == {"manifest_sha256": None}  # synthetic epochs name no manifest
+
+
 PAUSED_RUN = textwrap.dedent("""
     import sys, time
     from pathlib import Path
