@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 import storage
 from flows.ingest_flow import ingest_flow
 from model.configs import from_dict, load_config, parse_override
+from model.data import manifest_sha256
 from model.evaluate import evaluate_model, protocol_name, split_examples, write_report
 from model.export import save_keras
 from model.matting import Matter
@@ -47,7 +48,7 @@ from model.metrics import METRIC_NAMES
 from model.train import RESUMABLE_CHANGES, train
 from model.weights import import_onnx
 from operations import pictures
-from operations.registry import Registry, manifest_hash
+from operations.registry import Registry
 
 REPORT_KEY = "train-report"
 METRICS_KEY = "train-metrics"
@@ -186,33 +187,33 @@ def train_flow(params: TrainFlowParams) -> dict:
     config = load_config(params.config, {**params.overrides, "data_root": params.data_root})
     if not config.validation_split:
         raise ValueError(f"config {config.name!r} has no validation_split to evaluate on")
-    data_hash = manifest_hash(params.data_root)
+    data_hash = manifest_sha256(params.data_root)
     protocol = protocol_name(config.eval_max_side, config.eval_size)
     eval_key = f"{config.validation_split}-{data_hash[:12]}-{protocol}"
     registry = Registry(params.registry)
 
-    def evaluate(model_path: str, name: str) -> dict:
+    def evaluate(model_path: str, out_dir: Path) -> dict:
         return evaluate_file(model_path, config.variant, params.data_root,
                              config.validation_split, config.eval_max_side, config.eval_size,
-                             str(run / "eval" / name))
+                             str(out_dir))
 
     if params.baseline_weights and registry.champion() is None:
-        run = Path(params.run_dir)
         baseline = _seed_baseline(registry, params.baseline_weights, params.run_dir)
         record(registry.root, baseline, eval_key,
-               evaluate(str(registry.local_model(baseline)), "baseline"))
+               evaluate(str(registry.local_model(baseline)),
+                        Path(params.run_dir) / "eval" / "baseline"))
         promote(registry.root, baseline, eval_key, config.validation_metric)
     config, start = starting_point(config, registry)
     run = Path(run_folder(params.run_dir, config.to_dict(), data_hash, start))
     get_run_logger().info("training run folder %s (starting from %s)", run, start)
     trained = train_model(config.to_dict(), str(run), data_hash)
-    candidate = evaluate(trained["model_path"], "candidate")
+    candidate = evaluate(trained["model_path"], run / "eval" / "candidate")
     champion = registry.champion()
     summaries = {"candidate": candidate["summary"]["metrics"]}
     if champion is not None:
         if registry.evaluation(champion, eval_key) is None:
             record(registry.root, champion, eval_key,
-                   evaluate(str(registry.local_model(champion)), "champion"))
+                   evaluate(str(registry.local_model(champion)), run / "eval" / "champion"))
         summaries[f"champion {champion[:8]}"] = registry.evaluation(champion, eval_key)["metrics"]
     figures = {"loss": pictures.loss_curves(trained["history"]),
                "metrics": pictures.metric_bars(summaries),

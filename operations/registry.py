@@ -73,14 +73,6 @@ def _json(value: object) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 
-def manifest_hash(data_root: str) -> str:
-    """SHA-256 of an ingested dataset's manifest (canonical JSON), which lists every shard's
-    checksum: equal hashes mean the same training data."""
-    from model.data import read_manifest
-
-    return hashlib.sha256(_json(read_manifest(data_root))).hexdigest()
-
-
 class Registry:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
