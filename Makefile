@@ -12,12 +12,16 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND ?= tensorflow
 export SHARED_DATA := $(SHARED)
 
-.PHONY: setup browser run server test lint bench clean
+.PHONY: setup browser run server test lint bench bench-venv clean
 
-$(STAMP): requirements.txt pyproject.toml
+# The runtime lock plus the test tools (requirements-test.txt includes requirements.txt).
+# tensorflow-cpu is removed first: a venv made before the lock named `tensorflow` has it, and
+# both install the same `tensorflow` package folder.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip uninstall -q -y tensorflow-cpu
+	$(BIN)/python -m pip install -q -r requirements-test.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
@@ -47,9 +51,23 @@ test: lint browser
 lint: $(STAMP)
 	$(BIN)/ruff check storage model operations pipelines flows cli tests benchmarks
 
-bench: $(STAMP)
+# rembg for benchmarks/vs_rembg.py, in its own venv: its pins conflict with ours (pyproject's
+# bench extra says why).
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+$(BENCH_STAMP): requirements-bench.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -r requirements-bench.txt
+	$(BENCH_VENV)/bin/python -m pip check
+	touch $(BENCH_STAMP)
+
+bench-venv: $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/vs_rembg.py --rembg $(BENCH_VENV)/bin/rembg
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(OUT) .pytest_cache

@@ -10,6 +10,11 @@ The pipeline runs on the Python DirectRunner with ``min = max`` batch size, once
 and once on the first batch only: "marginal" = (N - batch) / (wall(N) - wall(batch)), which
 cancels Beam start-up, model loading and warm-up the way the model-only warm-up pass does;
 "wall" = N / wall(N) includes them. Target (issue 6): marginal >= 85% of model only on CPU.
+
+``--dask-workers 1 2`` runs the same measurement on our DaskRunner (``--runner dask``) instead,
+over a ``distributed.LocalCluster`` of 1, then 2 worker processes (one thread each; started,
+and warmed up by an untimed first-batch run, before the clock runs), and prints photos/s and
+the ratio to the first row.
 """
 
 from __future__ import annotations
@@ -78,6 +83,30 @@ def pipeline_seconds(folder: Path, out: Path, weights: str | None, batch: int,
     return time.perf_counter() - start
 
 
+def dask_rows(folder: Path, first_batch: Path, count: int, tmp: str, args) -> None:
+    """One row per LocalCluster size: marginal and wall photos/s, and their ratio to row 1."""
+    from distributed import LocalCluster
+
+    print(f"{'dask workers':12} {'marginal img/s':>15} {'ratio':>6} {'wall img/s':>11} "
+          f"{'ratio':>6} {'load':>5}")
+    first = None
+    for row, workers in enumerate(args.dask_workers):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=":0") as cluster:
+            extra = ["--runner", "dask", "--dask-address", cluster.scheduler_address]
+            # Warm-up, untimed: the workers import TensorFlow on their first task.
+            pipeline_seconds(first_batch, Path(tmp, f"dask-{row}-warm-up"), args.weights,
+                             args.batch, extra)
+            short = pipeline_seconds(first_batch, Path(tmp, f"dask-{row}-first"),
+                                     args.weights, args.batch, extra)
+            whole = pipeline_seconds(folder, Path(tmp, f"dask-{row}"), args.weights,
+                                     args.batch, extra)
+        marginal, wall = (count - args.batch) / (whole - short), count / whole
+        first = first or (marginal, wall)
+        print(f"{workers:<12} {marginal:15.2f} {marginal / first[0]:6.2f} {wall:11.2f} "
+              f"{wall / first[1]:6.2f} {os.getloadavg()[0]:5.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +116,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=list(MODES),
                         default=["in_memory", "multi_processing"])
     parser.add_argument("--repeats", type=int, default=1, help="rows per mode (noise check)")
+    parser.add_argument("--dask-workers", type=int, nargs="+", default=[], metavar="N",
+                        help="instead of the DirectRunner modes: a LocalCluster of N worker "
+                             "processes per row, e.g. 1 2")
     default_weights = SHARED / "u2netp-onnx" / "u2netp.onnx"
     parser.add_argument("--weights", default=str(default_weights) if default_weights.is_file()
                         else None, help="default: the official lite ONNX in ../shared/data")
@@ -102,6 +134,9 @@ def main() -> None:
         matter = Matter.load("lite", args.weights)
         print(f"# {platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
               f"{len(paths)} photos <= {args.max_side} px, lite, batch {args.batch}")
+        if args.dask_workers:
+            dask_rows(folder, first_batch, len(paths), tmp, args)
+            return
         print(f"{'DirectRunner mode':18} {'model img/s':>12} {'pipeline marginal':>18} "
               f"{'ratio':>6} {'pipeline wall':>14} {'ratio':>6} {'load':>5}")
         for repeat, mode in itertools.product(range(args.repeats), args.modes):

@@ -14,6 +14,11 @@ BEAM_HELP = """\
 Any other --flag is a Beam pipeline option, e.g.
   DirectRunner (default): --direct_running_mode in_memory|multi_threading|multi_processing
                           --direct_num_workers N
+  Dask: --runner dask --dask-address tcp://SCHEDULER:8786 (Beam: --dask_client_address)
+        [--dask_npartitions N: groups per stage, default the cluster's worker threads];
+        without an address, dask starts a LocalCluster (worker processes sized to this
+        machine's cores) in this process for the run. Workers need this package and must
+        see the weights and IN/OUT at the same paths (gs:// on a remote cluster).
   Dataflow: --runner DataflowRunner --project P --region R --temp_location gs://B/tmp
             --sdk_container_image REGION-docker.pkg.dev/P/REPO/matte-worker:TAG
             --sdk_location container --machine_type g2-standard-4
@@ -56,17 +61,21 @@ def argument_parser(prog: str = "matte bucket") -> argparse.ArgumentParser:
     parser.add_argument("--require-gpu", action="store_true",
                         help="fail when no GPU is visible (implied by a GPU accelerator flag)")
     parser.add_argument("--run-id", default="", help="default: UTC time + random suffix")
+    parser.add_argument("--dask-address", default=None, metavar="ADDR",
+                        help="dask scheduler for --runner dask, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--prune", action="store_true",
+                        help="remove outputs whose source photo is gone (reported otherwise)")
     return parser
 
 
 def parse(argv: list[str] | None):
     """(BucketOptions, PipelineOptions) from one command line, validated (OptionsError)."""
     from pipelines.options import BucketOptions, OptionsError, validate
-    from pipelines.runners import beam_options
+    from pipelines.runners import beam_options, with_dask_address
 
     args, beam_args = argument_parser().parse_known_args(argv)
     try:
-        pipeline_options = beam_options(beam_args)
+        pipeline_options = beam_options(with_dask_address(beam_args, args.dask_address))
         output = output_options(args)
     except ValueError as error:
         raise OptionsError(str(error)) from error
@@ -78,7 +87,8 @@ def parse(argv: list[str] | None):
         min_batch_size=(args.max_batch_size if args.min_batch_size is None
                         else args.min_batch_size),
         max_batch_size=args.max_batch_size, writer_threads=args.writer_threads,
-        share_model=args.share_model, require_gpu=args.require_gpu, run_id=args.run_id)
+        share_model=args.share_model, require_gpu=args.require_gpu, run_id=args.run_id,
+        prune=args.prune)
     return validate(options, pipeline_options), pipeline_options
 
 
@@ -98,10 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options, pipeline_options = parse(argv)
         result = launch(options, pipeline_options)
-    except (OptionsError, WeightsError) as error:
+    # ConnectionError: no dask scheduler at --dask-address (pipelines.dask_runner)
+    except (OptionsError, WeightsError, ConnectionError) as error:
         print(f"matte bucket: error: {error}", file=sys.stderr)
         return 2
     counts = {name: counter(result, name) for name in ("ok", "skipped", "failed")}
     print("  ".join(f"{name}: {value}" for name, value in counts.items())
           + f"  -> {options.output_uri} (records in _runs/{options.run_id}/)")
+    orphaned = counter(result, "orphaned")
+    if orphaned:
+        print(f"  {orphaned} outputs whose source is gone were "
+              + ("removed" if options.prune else "kept (--prune removes them; listed in "
+                 f"_runs/{options.run_id}/orphans-*.jsonl)"))
     return 1 if counts["failed"] else 0

@@ -1,7 +1,8 @@
 """``matte ingest`` and ``matte arrange-p3m``: datasets for training, from the command line.
 
     matte ingest SRC DST [--shard-mb N] [--min-pairs N] [--max-rejected F] [BEAM OPTIONS...]
-    matte arrange-p3m SRC DST [--images NAME] [--masks NAME] [--validation 0.2] [--limit N]
+    matte arrange-p3m SRC DST [--images NAME] [--masks NAME] [--validation 0.2] [--test 0.1]
+                      [--limit N]
 
 The work is ``pipelines.ingest_p3m.launch`` and ``pipelines.arrange.arrange_p3m``; this module
 turns flags into their typed options and prints a summary. Beam and TensorFlow are imported by
@@ -38,7 +39,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     arrange = commands.add_parser(
         "arrange-p3m", help="photos + masks folder -> P3M-10k layout",
         description="Copy a folder of photos and one of masks into the P3M-10k layout, split "
-                    "by a hash of each stem (stable when photos are added).")
+                    "by a hash of each stem into train, validation and test (stable when "
+                    "photos are added; the test split is for the final report only).")
     arrange.add_argument("source", help="folder or gs:// prefix holding a photo folder and a "
                          "mask folder")
     arrange.add_argument("destination", help="new P3M-10k root (must be absent or empty)")
@@ -46,6 +48,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     arrange.add_argument("--masks", help="mask subfolder name (default: found by name)")
     arrange.add_argument("--validation", type=float, default=0.2,
                          help="fraction of stems for validation (default %(default)s)")
+    arrange.add_argument("--test", type=float, default=0.1,
+                         help="fraction of stems held out for the final test report, never "
+                              "for choosing a config (default %(default)s)")
     arrange.add_argument("--limit", type=int, help="keep only the first N stems")
     arrange.set_defaults(handler=_arrange)
 
@@ -108,7 +113,7 @@ def _arrange(args: argparse.Namespace) -> int:
     from pipelines.arrange import arrange_p3m
 
     counts = arrange_p3m(args.source, args.destination, images=args.images, masks=args.masks,
-                         validation=args.validation, limit=args.limit)
+                         validation=args.validation, test=args.test, limit=args.limit)
     print(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in counts.items())
           + f"  -> {args.destination}")
     return 0

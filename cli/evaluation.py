@@ -53,7 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         official = args.subject in MODELS
         matter = Matter.load(args.subject if official else "lite",
-                             None if official else args.subject)
+                             None if official else args.subject, engine="keras")
         if args.data:
             examples = evaluate.split_examples(args.data, args.split)
             source = f"{args.data}#{args.split}"

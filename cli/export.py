@@ -26,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     writers = {"keras": save_keras, "saved_model": export_saved_model, "onnx": export_onnx,
                "litert": export_litert}
-    model = Matter.load(args.model, args.weights).model
+    model = Matter.load(args.model, args.weights, engine="keras").model
     path = writers[args.format](model, args.output)
     print(f"{args.format} model written to {path}")
     return 0

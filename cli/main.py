@@ -12,6 +12,8 @@
 
 Exit codes: 0 done, 1 some photos failed (listed), 2 a usage or input error (one line),
 3 ``promote`` kept the current champion.
+
+TensorFlow's, absl's, oneDNN's and Beam's log lines are hidden; ``matte -v COMMAND`` shows them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from cli import logs
 
 # One module per command family, as rembg splits its commands. Each registers its parsers
 # and imports its heavy dependencies (TensorFlow, Beam) only when its command runs.
@@ -35,6 +39,8 @@ _USER_ERRORS = {"model.imaging": "ImageError", "model.weights": "WeightsError",
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matte", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' own log lines (TensorFlow, absl, Beam)")
     commands = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(commands)
@@ -51,6 +57,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.verbose)  # before any command imports TensorFlow or Beam
     try:
         return args.handler(args)
     except Exception as error:

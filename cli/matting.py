@@ -8,6 +8,7 @@ move between the two commands without redoing anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from cli.flags import add_limit_flags, add_model_flags, add_output_flags, output
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     image = commands.add_parser("i", help="matte one photo")
-    image.add_argument("input")
-    image.add_argument("output")
+    image.add_argument("input", help="a photo, or - for standard input")
+    image.add_argument("output", help="the output file, or - for standard output")
     add_model_flags(image)
     add_output_flags(image)
     add_limit_flags(image, max_bytes=False)
@@ -30,7 +31,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                "2 usage error")
     folder.add_argument("input")
     folder.add_argument("output")
-    folder.add_argument("--batch-size", type=int, default=8)
+    folder.add_argument("--batch-size", type=int, default=8,
+                        help="most photos per model call (a batch also stops at 8 MP)")
+    folder.add_argument("--engine", choices=("onnxruntime", "keras"), default="onnxruntime",
+                        help="onnxruntime runs the model's ONNX export (cached per model "
+                             "version; no TensorFlow once cached); keras runs the Keras model "
+                             "on its backend (default: %(default)s)")
     folder.add_argument("--prune", action="store_true",
                         help="remove outputs whose source photo is gone (listed otherwise)")
     add_model_flags(folder)
@@ -40,23 +46,31 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    from model.imaging import read_image
-    from model.matting import Matter
+    """One photo, file or ``-`` (stdin/stdout), rendered as ``model.api.remove`` renders it."""
+    from model.api import new_session
+    from model.imaging import decode_image, read_image
     from model.outputs import render
     from storage import write_atomic
 
     options = output_options(args)
-    if Path(args.output).resolve() == Path(args.input).resolve():
+    if "-" not in (args.input, args.output) and (
+            Path(args.output).resolve() == Path(args.input).resolve()):
         raise ValueError("the output would overwrite the input photo")
-    image = read_image(args.input, args.max_pixels)
-    matter = Matter.load(args.model, args.weights, args.official_normalization)
-    alpha = matter.predict_alpha([image])[0]
-    write_atomic(args.output, render(image, alpha, options))
+    image = (decode_image(sys.stdin.buffer.read(), "<stdin>", args.max_pixels)
+             if args.input == "-" else read_image(args.input, args.max_pixels))
+    # With the image on stdout, anything a library prints (pymatting does) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr if args.output == "-" else sys.stdout):
+        session = new_session(args.model, args.weights, args.official_normalization)
+        data = render(image, session.predict_alpha(image), options)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(args.output, data)
     return 0
 
 
 def cmd_folder(args: argparse.Namespace) -> int:
-
     from model.weights import model_version
     from pipelines import planner
     from pipelines.planner import RunSettings
@@ -85,41 +99,23 @@ def _matte_folder(args: argparse.Namespace, exclude: str | None,
     """(matted, dead letters, skipped, orphaned outputs) for one locked run of ``matte p``."""
     from tqdm import tqdm
 
-    from model.imaging import ImageError, decode_image
     from model.matting import Matter
-    from model.outputs import render
     from pipelines import planner
-    from pipelines.planner import DeadLetter
-    from storage import IO_ERRORS, open_store
+    from pipelines.local_matting import run_plan
+    from storage import open_store
 
     source, out = open_store(args.input), open_store(args.output)
     plan = planner.plan(source, out, exclude, settings)
     failures, done = list(plan.dead), 0
-    matter = (Matter.load(args.model, args.weights, args.official_normalization)
-              if plan.todo else None)
-    with tqdm(total=len(plan.todo), unit="img", desc="matte", file=sys.stderr) as progress:
-        for start in range(0, len(plan.todo), args.batch_size):
-            batch = []
-            for job in plan.todo[start:start + args.batch_size]:
-                key = job.source.key
-                try:
-                    batch.append((job, decode_image(source.read(key), key, args.max_pixels)))
-                except ImageError as error:
-                    failures.append(DeadLetter(key, "decode", error.reason))
-                    progress.update()
-                except IO_ERRORS as error:
-                    failures.append(DeadLetter(key, "read", f"cannot read: {error}"))
-                    progress.update()
-            alphas = matter.predict_alpha([image for _, image in batch])
-            for (job, image), alpha in zip(batch, alphas, strict=True):
-                progress.update()
-                try:
-                    planner.commit(out, job, render(image, alpha, settings.output), settings)
-                except IO_ERRORS as error:  # disk full, permissions: this photo, not the run
-                    failures.append(DeadLetter(job.source.key, "write",
-                                               f"cannot write {job.output}: {error}"))
-                    continue
-                done += 1
+    if plan.todo:
+        with tqdm(total=len(plan.todo), unit="img", desc="matte", file=sys.stderr) as progress:
+            done, failed = run_plan(
+                plan.todo, source, out,
+                lambda: Matter.load(args.model, args.weights, args.official_normalization,
+                                    engine=args.engine),
+                settings, max_pixels=args.max_pixels, batch_size=args.batch_size,
+                progress=progress.update)
+        failures.extend(failed)
     if args.prune:
         planner.prune(out, plan.orphans)
     return done, failures, len(plan.skipped), plan.orphans

@@ -1,8 +1,13 @@
-"""``matte train`` and ``matte promote``: train or fine-tune a model, and promote a version.
+"""``matte train``, ``register`` and ``promote``: train or fine-tune a model, file it, promote it.
 
     matte train CONFIG --run-dir DIR [--data ROOT] [--set key=value ...] [--progress]
+    matte register REGISTRY RUN_DIR [--eval DIR ...]     a trained run folder -> a version
     matte promote REGISTRY VERSION --eval-key KEY [--metric iou] [--margin M] [--min-photos N]
                                                                     exit 3 if not promoted
+
+``register`` files ``RUN_DIR/model.keras`` with the run's config and data hash (what the train
+flow registers), and each ``--eval DIR`` (written by ``matte evaluate MODEL --data ROOT
+--split NAME --out DIR``) under the key the train flow would use, so ``promote`` can compare.
 
 The handlers import ``model.train`` (TensorFlow) and ``operations.registry`` themselves, so
 building the parser for ``matte -h`` loads neither.
@@ -33,6 +38,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from model.data import manifest_sha256
+    from model.evaluate import evaluation_key
+    from model.weights import weights_version
+    from operations.registry import Registry
+
+    run = Path(args.run_dir)
+    missing = [name for name in ("model.keras", "config.json", "data.json")
+               if not (run / name).is_file()]
+    if missing:
+        raise ValueError(f"{run}: no {', '.join(missing)}; register a finished `matte train` "
+                         "run folder")
+    registry = Registry(args.registry)
+    data_hash = json.loads((run / "data.json").read_text())["manifest_sha256"]
+    version = registry.register(run / "model.keras", json.loads((run / "config.json").read_text()),
+                                data_hash)
+    print(f"version {version}")
+    for folder in map(Path, args.eval):
+        summary = json.loads((folder / "summary.json").read_text())
+        if summary.get("model") != weights_version(run / "model.keras"):
+            raise ValueError(f"{folder} evaluated {summary.get('model')}, not "
+                             f"{weights_version(run / 'model.keras')} ({run / 'model.keras'})")
+        root, sep, split = summary.get("data", "").rpartition("#")
+        if not sep:
+            raise ValueError(f"{folder}: not an evaluation of an ingested split (matte "
+                             "evaluate MODEL --data ROOT --split NAME --out DIR)")
+        key = evaluation_key(split, manifest_sha256(root), summary["protocol"])
+        registry.record_evaluation(version, key, summary, (folder / "per_image.csv").read_bytes())
+        print(f"evaluation {key}: " + ", ".join(
+            f"{name} {value:.4f}" for name, value in summary["metrics"].items()))
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from operations.registry import Registry
 
@@ -51,6 +91,17 @@ def add_train(commands: argparse._SubParsersAction) -> None:
                         help="override a config field, e.g. --set epochs=2")
     parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
     parser.set_defaults(handler=cmd_train)
+
+
+def add_register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("register", help="file a trained run folder's model as a "
+                                 "registry version, with its evaluations")
+    parser.add_argument("registry", help="registry root: a folder or gs://bucket/prefix")
+    parser.add_argument("run_dir", help="a finished `matte train` run folder")
+    parser.add_argument("--eval", action="append", default=[], metavar="DIR",
+                        help="a `matte evaluate ... --data ROOT --split NAME --out DIR` folder "
+                        "of this model (repeatable)")
+    parser.set_defaults(handler=cmd_register)
 
 
 def add_promote(commands: argparse._SubParsersAction) -> None:
@@ -73,4 +124,5 @@ def add_promote(commands: argparse._SubParsersAction) -> None:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     add_train(commands)
+    add_register(commands)
     add_promote(commands)

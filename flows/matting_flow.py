@@ -32,9 +32,9 @@ from model.outputs import OutputOptions
 from operations import markdown
 from operations.pictures import before_after, markdown_image
 from operations.registry import Registry, RegistryError
-from pipelines import matte_bucket
+from pipelines import matte_bucket, run_records
 from pipelines.options import BucketOptions, new_run_id
-from pipelines.runners import beam_options
+from pipelines.runners import beam_options, with_dask_address
 from storage import IO_ERRORS, open_store
 
 SUMMARY_KEY = "matting-summary"
@@ -55,12 +55,16 @@ class MattingParams(BaseModel):
     output_uri: str = Field(description="folder or gs://bucket/prefix for the cut-outs")
     model: str = Field("champion", description="champion | lite | full | path to .onnx/.keras")
     registry_uri: str = Field("registry", description="model registry holding the champion")
-    runner: str = "DirectRunner"
+    runner: str = Field("DirectRunner", description="DirectRunner | dask | DataflowRunner")
+    dask_address: str | None = Field(None, description="dask scheduler for runner dask, e.g. "
+                                     "tcp://dask-scheduler:8786; unset: a LocalCluster here")
     beam_args: list[str] = Field(default_factory=list, description="extra Beam options")
     max_batch_size: int = Field(8, ge=1)
     only_mask: bool = False
     bgcolor: str | None = None
     thumbnails: int = Field(4, ge=0, le=12)
+    prune: bool = Field(False, description="remove outputs whose source is gone (they are "
+                        "reported either way)")
     pipeline_timeout_s: int = Field(6 * 3600, ge=60, le=11 * 3600, description="the pipeline "
                                     "is cancelled and the night red past this")
     # What makes a night red (README, "What makes a night red"):
@@ -104,35 +108,39 @@ def bucket_options(params: MattingParams, variant: str, weights: str | None,
                            bgcolor=parse_color(params.bgcolor) if params.bgcolor else None)
     options = BucketOptions(params.input_uri, params.output_uri, output, model=variant,
                             weights=weights, min_batch_size=params.max_batch_size,
-                            max_batch_size=params.max_batch_size, run_id=run_id)
-    return options, beam_options(params.beam_args, runner=params.runner)
+                            max_batch_size=params.max_batch_size, run_id=run_id,
+                            prune=params.prune, launched_by=_flow_run_id())
+    return options, beam_options(with_dask_address(params.beam_args, params.dask_address),
+                                 runner=params.runner)
 
 
-def _count(uri: str) -> int:
-    return sum(1 for _ in open_store(uri).list())
+def _flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
 
 
 @task(timeout_seconds=PIPELINE_TASK_TIMEOUT_S)
 def run_pipeline(params: MattingParams, variant: str, weights: str | None, run_id: str) -> str:
-    """The Beam run; a progress artifact follows the outputs' state records as they land."""
+    """The Beam run; a progress artifact follows this run's per-bundle counts as they land."""
     options, pipeline_options = bucket_options(params, variant, weights, run_id)
-    # Progress = state records (one per finished photo) added since the start, over the
-    # inputs; only the _state/ prefix is listed, not the whole output bucket.
-    state_uri = f"{params.output_uri.rstrip('/')}/_state"
-    total, before = max(_count(params.input_uri), 1), _count(state_uri)
+    total = max(sum(1 for _ in open_store(params.input_uri).list()), 1)
+    records = run_records.folder(params.output_uri, run_id)
     progress = create_progress_artifact(0.0, key="matting-progress",
                                         description=f"run {run_id}")
     finished = threading.Event()
 
     def follow() -> None:
         while not finished.wait(PROGRESS_EVERY_S):
-            done = _count(state_uri) - before
+            done = run_records.progress(records)
             update_progress_artifact(progress, min(100.0, 100.0 * done / total))
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     try:
         matte_bucket.launch(options, pipeline_options, timeout_s=params.pipeline_timeout_s)
+    except Exception as error:
+        raise _unwrapped_cancellation(error) from None
     finally:
         finished.set()
         follower.join()
@@ -140,28 +148,35 @@ def run_pipeline(params: MattingParams, variant: str, weights: str | None, run_i
     return run_id
 
 
+def _unwrapped_cancellation(error: BaseException) -> BaseException:
+    """Prefect's flow timeout raises a CancelledError wherever the flow's thread is; inside a
+    Beam step, Beam wraps it in a RuntimeError naming the step. Unwrapped, Prefect ends the
+    run TimedOut (its timeout) instead of Failed with a puzzling message."""
+    from prefect._internal.concurrency.cancellation import CancelledError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, CancelledError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return error
+
+
 # Reading the run records is idempotent I/O.
 @task(retries=2, retry_delay_seconds=5, timeout_seconds=IO_TASK_TIMEOUT_S)
-def read_run(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict]]:
-    out = open_store(output_uri)
-    folder = f"_runs/{run_id}/"
-
-    def lines(name: str) -> list[dict]:
-        text = out.read(folder + name).decode()
-        return [json.loads(line) for line in text.splitlines() if line]
-
-    summary = json.loads(out.read(folder + "summary.json"))
-    return summary, lines("manifest.jsonl"), lines("dead_letter.jsonl")
+def read_run(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """(summary, manifest lines, dead letters, orphaned outputs) from the run's shards."""
+    return run_records.read_all(output_uri, run_id)
 
 
 @task(timeout_seconds=IO_TASK_TIMEOUT_S)
 def publish(params: MattingParams, summary: dict, records: list[dict],
-            letters: list[dict]) -> None:
+            letters: list[dict], orphans: list[dict]) -> None:
     counts = summary["counts"]
     create_table_artifact(key=SUMMARY_KEY, description=f"matting run {summary['run_id']}",
                           table=[{
                               "ok": counts["ok"], "skipped": counts["skipped"],
-                              "failed": counts["failed"],
+                              "failed": counts["failed"], "orphaned": counts.get("orphaned", 0),
                               "images_per_s": summary["images_per_s"],
                               "wall_s": summary["wall_s"],
                               "model_version": summary["model_version"],
@@ -185,6 +200,12 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
     for letter in letters[:20]:
         lines.append(f"- dead letter {markdown.code(letter['key'])} ({letter['stage']}): "
                      f"{markdown.escape(letter['reason'])}")
+    if orphans:
+        verb = ("removed" if summary.get("orphans_pruned")
+                else "kept (the prune parameter removes them)")
+        lines += ["", f"{len(orphans)} outputs whose source is gone, {verb}:"]
+        lines += [f"- {markdown.code(line['key'])}: {markdown.escape(line['reason'])}"
+                  for line in orphans[:20]]
     create_markdown_artifact(key=THUMBNAILS_KEY, markdown="\n".join(lines))
 
 
@@ -234,19 +255,47 @@ def night_verdict(params: MattingParams, summary: dict, previous: tuple[str, int
     return None
 
 
-@flow(name="nightly-matting", timeout_seconds=FLOW_TIMEOUT_S)
+def cancel_pipeline_jobs(flow, flow_run, state) -> None:
+    """A flow run cancelled, crashed or failed: cancel the remote pipeline job (Dataflow) it
+    launched and recorded, so no job keeps running and writing after its flow is gone. The
+    in-process runner needs nothing: it stops with the flow's process."""
+    import logging
+
+    log = logging.getLogger("flows.matting_flow")
+    params = (flow_run.parameters or {}).get("params") or {}
+    output_uri = params.get("output_uri") if isinstance(params, dict) else getattr(
+        params, "output_uri", None)
+    if not output_uri:
+        return
+    try:
+        cancelled = matte_bucket.cancel_jobs(output_uri, str(flow_run.id))
+    except Exception as error:  # a hook must not hide the state that called it
+        log.error("could not cancel the pipeline job of flow run %s: %s", flow_run.id, error)
+        return
+    for job_id in cancelled:
+        log.warning("cancelled pipeline job %s (flow run %s is %s)", job_id, flow_run.id,
+                    state.name)
+
+
+@flow(name="nightly-matting", timeout_seconds=FLOW_TIMEOUT_S,
+      on_cancellation=[cancel_pipeline_jobs], on_crashed=[cancel_pipeline_jobs],
+      on_failure=[cancel_pipeline_jobs])
 def matting_flow(params: MattingParams) -> dict:
     """Matte every new photo under ``params.input_uri`` into ``params.output_uri``."""
     run_id = new_run_id()
     variant, weights, fallback = resolve_model(params.model, params.registry_uri)
     previous = previous_listing(params.output_uri, run_id)
     run_pipeline(params, variant, weights, run_id)
-    summary, records, letters = read_run(params.output_uri, run_id)
-    publish(params, summary, records, letters)
+    summary, records, letters, orphans = read_run(params.output_uri, run_id)
+    publish(params, summary, records, letters, orphans)
     check_systemic(summary, letters)
     red = night_verdict(params, summary, previous, fallback)
     if red:
         raise RuntimeError(red)
+    if orphans:
+        get_run_logger().warning("%d outputs whose source is gone %s", len(orphans),
+                                 "were removed" if params.prune else "are kept (prune: true "
+                                 "removes them)")
     return {"run_id": run_id, "counts": summary["counts"],
             "report": f"{params.output_uri.rstrip('/')}/_runs/{run_id}/summary.json"}
 

@@ -41,7 +41,13 @@ import storage
 from flows.ingest_flow import ingest_flow
 from model.configs import from_dict, load_config, parse_override
 from model.data import manifest_sha256
-from model.evaluate import evaluate_model, protocol_name, split_examples, write_report
+from model.evaluate import (
+    evaluate_model,
+    evaluation_key,
+    protocol_name,
+    split_examples,
+    write_report,
+)
 from model.export import save_keras
 from model.matting import Matter
 from model.metrics import METRIC_NAMES
@@ -102,7 +108,7 @@ def train_model(config: dict, run_dir: str, data_hash: str) -> dict:
 @task(cache_policy=NONE)
 def evaluate_file(model_path: str, variant: str, data_root: str, split: str,
                   max_side: int, size: int | None, out_dir: str) -> dict:
-    matter = Matter.load(variant, model_path)
+    matter = Matter.load(variant, model_path, engine="keras")  # evaluation runs the Keras model
     result = evaluate_model(matter.model, split_examples(data_root, split),
                             max_side=max_side, size=size)
     paths = write_report(result, out_dir, {"model": matter.version,
@@ -189,7 +195,7 @@ def train_flow(params: TrainFlowParams) -> dict:
         raise ValueError(f"config {config.name!r} has no validation_split to evaluate on")
     data_hash = manifest_sha256(params.data_root)
     protocol = protocol_name(config.eval_max_side, config.eval_size)
-    eval_key = f"{config.validation_split}-{data_hash[:12]}-{protocol}"
+    eval_key = evaluation_key(config.validation_split, data_hash, protocol)
     registry = Registry(params.registry)
 
     def evaluate(model_path: str, out_dir: Path) -> dict:

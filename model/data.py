@@ -13,7 +13,8 @@ Decoding reproduces ``decode_image`` pixel for pixel: JPEG via libjpeg's accurat
 (TensorFlow's default, the fast IDCT, differs from Pillow by up to ~20 levels).
 
 Preprocessing is ``model.preprocess`` (keras.ops), the same functions the inference path uses,
-so the training/eval datasets need the TensorFlow Keras backend (``records`` does not).
+so the training/eval datasets need the TensorFlow Keras backend (``records`` does not); the
+training augmentation is ``model.augment`` (``Augment``, ``augment_pair``).
 ``batch_size`` is always the global batch, which ``tf.distribute`` splits across replicas; the
 dataset starts from the shard list, so multi-worker input sharding can go by file. Every shard
 is checked against the size and sha256 its manifest records before a dataset is built from it.
@@ -24,14 +25,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
 import storage
+from model.augment import Augment, augment_pair
 from model.losses import repeat_label
-from model.preprocess import MODEL_SIZE, alpha_to_size, normalize, preprocess, resize
+from model.preprocess import MODEL_SIZE, alpha_to_size, preprocess
 
 AUTOTUNE = tf.data.AUTOTUNE
 _FEATURES = {
@@ -187,55 +188,6 @@ def records(root: str, split: str, cache: bool | str = False) -> tf.data.Dataset
         # need ~60 GB, while the JPEG/PNG bytes are what remote storage makes slow to re-read.
         dataset = dataset.cache("" if cache is True else cache)
     return dataset.map(decode_record, num_parallel_calls=AUTOTUNE, deterministic=True)
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentation. Crops keep >= 35% of the photo so the person mostly stays in view;
-    colour jitter is mild because alpha does not depend on colour but over-strong jitter makes
-    photos no camera would take."""
-
-    crop_area: tuple[float, float] = (0.35, 1.0)
-    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.02
-
-
-def augment_pair(image: tf.Tensor, alpha: tf.Tensor, seed: tf.Tensor, size: int,
-                 augment: Augment) -> tuple[tf.Tensor, tf.Tensor]:
-    """uint8 image HxWx3 + alpha HxWx1 -> normalised image and alpha in [0, 1], both size².
-
-    Image and alpha are stacked so crop, resize and flip move them together; ``seed`` is a
-    shape-[2] stateless seed, so equal seeds give equal results.
-    """
-    crop_seed, flip_seed, *colour_seeds = tf.unstack(
-        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6))
-    stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(alpha, tf.float32)], axis=-1)
-    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=crop_seed,
-        min_object_covered=0.0, aspect_ratio_range=augment.crop_aspect,
-        area_range=augment.crop_area, max_attempts=10, use_image_if_no_bounding_boxes=True)
-    stacked = resize(tf.slice(stacked, begin, extent), (size, size))
-    if augment.flip:
-        stacked = tf.image.stateless_random_flip_left_right(stacked, flip_seed)
-    rgb = stacked[..., :3] / 255.0
-    brightness, contrast, saturation, hue = colour_seeds
-    if augment.brightness:
-        rgb = tf.image.stateless_random_brightness(rgb, augment.brightness, brightness)
-    if augment.contrast:
-        rgb = tf.image.stateless_random_contrast(
-            rgb, 1 - augment.contrast, 1 + augment.contrast, contrast)
-    if augment.saturation:
-        rgb = tf.image.stateless_random_saturation(
-            rgb, 1 - augment.saturation, 1 + augment.saturation, saturation)
-    if augment.hue:
-        rgb = tf.image.stateless_random_hue(rgb, augment.hue, hue)
-    # normalize() divides by the image's maximum, so [0, 1] input is as good as [0, 255].
-    image = normalize(tf.clip_by_value(rgb, 0.0, 1.0))
-    return image, tf.clip_by_value(stacked[..., 3:] / 255.0, 0.0, 1.0)
 
 
 def _require_tensorflow_backend() -> None:

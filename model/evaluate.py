@@ -67,6 +67,12 @@ def protocol_name(max_side: int | None, size: int | None) -> str:
     return f"square-{size}" if size else f"p3m-max{max_side}-x{MULTIPLE}"
 
 
+def evaluation_key(split: str, data_hash: str, protocol: str) -> str:
+    """What the registry files an evaluation under: promotion compares two versions only on
+    the same key (same split of the same data, same protocol)."""
+    return f"{split}-{data_hash[:12]}-{protocol}"
+
+
 def predict(model: keras.Model, image: np.ndarray, target: tuple[int, int],
             max_side: int = MAX_SIDE, size: int | None = None) -> np.ndarray:
     """Alpha (HxW float32 in [0, 1]) at ``target`` = (height, width) for one uint8 photo."""

@@ -64,10 +64,21 @@ def decode_image(
     data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """HxWx3 uint8 RGB, EXIF orientation applied."""
-    pixels = _to_array(_open_upright(data, source, max_pixels), source)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return pixels
+    return _rgb(_to_array(_open_upright(data, source, max_pixels), source))
+
+
+def image_to_rgb(im: Image.Image, source: str = "<image>") -> np.ndarray:
+    """HxWx3 uint8 RGB of an image already in memory (the Python API's input), by the rules
+    above: EXIF orientation applied, alpha dropped, 16-bit and float samples scaled."""
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except _CORRUPT_ERRORS as exc:
+        raise ImageError(source, f"truncated or corrupt image data ({exc})") from exc
+    return _rgb(_to_array(upright, source))
+
+
+def _rgb(pixels: np.ndarray) -> np.ndarray:
+    return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -136,6 +136,7 @@ def tfrecord_epochs(config: TrainConfig, global_batch: int) -> tuple[EpochData, 
         # configured steps_per_epoch longer than one pass over the data still has batches.
         return data.train_dataset(root, global_batch, split=config.train_split,
                                   size=config.image_size, seed=config.seed * 100_003 + epoch,
+                                  augment=data.Augment(composite=config.composite_probability),
                                   shuffle_buffer=config.shuffle_buffer).repeat()
 
     return epoch_data, steps
@@ -223,10 +224,17 @@ def _check_validation_split(config: TrainConfig) -> None:
             "--set validation_split=NAME (arrange-p3m writes P3M-500-NP)")
 
 
+def _field_defaults() -> dict:
+    return {field.name: field.default for field in dataclasses.fields(TrainConfig)
+            if field.default is not dataclasses.MISSING}
+
+
 def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
     saved_path = run_dir / "config.json"
     if saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
+        # A field added since the folder was written has its default there (the config
+        # that ran had no such option), so older run folders still resume.
+        saved = {**_field_defaults(), **json.loads(saved_path.read_text())}
         changed = sorted(key for key, value in config.to_dict().items()
                          if key not in RESUMABLE_CHANGES and saved.get(key) != value)
         if changed:

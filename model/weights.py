@@ -15,12 +15,17 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
-from model.u2net import build_u2net, conv_names
 from storage import localize
+
+if TYPE_CHECKING:
+    import keras
+
+# Keras (and so TensorFlow) is imported only by the functions that build a model: resolving,
+# versioning and downloading weights stay light for the CLI and the onnxruntime engine.
 
 
 @dataclass(frozen=True)
@@ -29,17 +34,29 @@ class WeightsFile:
     md5: str
 
 
-# The md5 sums rembg pins for the official exports of u2net.pth / u2netp.pth.
+# The md5 sums rembg pins for the official exports of u2net.pth / u2netp.pth, and of
+# u2net_human_seg.pth: the full architecture trained on people (imported the same way).
 OFFICIAL_WEIGHTS = {
     "lite": WeightsFile("u2netp.onnx", "8e83ca70e441ab06c318d82300c84806"),
     "full": WeightsFile("u2net.onnx", "60024c5c889badc19c04ad937298a77b"),
+    "u2net_human_seg": WeightsFile("u2net_human_seg.onnx", "c09ddc2e0104f800e3e1bb4652583d1f"),
 }
+# rembg's model names onto ours (the keys of OFFICIAL_WEIGHTS).
+MODEL_ALIASES = {"u2netp": "lite", "u2net": "full"}
+MODEL_NAMES = (*OFFICIAL_WEIGHTS, *MODEL_ALIASES)
 DEFAULT_BASE_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
 DOWNLOAD_TIMEOUT_S = 60
 
 
 class WeightsError(RuntimeError):
     """Weights are missing, unreachable, corrupt or do not fit the model."""
+
+
+def canonical_model(name: str) -> str:
+    """``lite``, ``full`` or ``u2net_human_seg`` for any of ``MODEL_NAMES`` (rembg's too)."""
+    if name not in MODEL_NAMES:
+        raise WeightsError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return MODEL_ALIASES.get(name, name)
 
 
 def weights_home() -> Path:
@@ -99,9 +116,9 @@ def resolve_weights(variant: str, weights: str | os.PathLike | None = None) -> P
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path}")
         return path
-    if variant not in OFFICIAL_WEIGHTS:
+    spec = OFFICIAL_WEIGHTS.get(MODEL_ALIASES.get(variant, variant))
+    if spec is None:
         raise WeightsError(f"no official weights for variant {variant!r}")
-    spec = OFFICIAL_WEIGHTS[variant]
     path = weights_home() / spec.filename
     if path.is_file():
         return path
@@ -128,6 +145,8 @@ def read_onnx_convs(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarra
 
 def variant_of(convs: list[tuple[np.ndarray, np.ndarray]]) -> str:
     """Tell the official full and lite exports apart by their first RSU's middle width."""
+    from model.u2net import conv_names
+
     mid = convs[1][0].shape[0]
     for variant, width in (("full", 32), ("lite", 16)):
         if mid == width and len(convs) == len(conv_names(variant)):
@@ -138,6 +157,10 @@ def variant_of(convs: list[tuple[np.ndarray, np.ndarray]]) -> str:
 def load_onnx_weights(model: keras.Model, convs: list[tuple[np.ndarray, np.ndarray]],
                       variant: str) -> None:
     """Copy the ONNX convs into ``model``; BN layers become identity (the export folded them)."""
+    import keras
+
+    from model.u2net import conv_names
+
     names = conv_names(variant)
     if len(convs) != len(names):
         raise WeightsError(f"{len(convs)} ONNX convs, the {variant} model has {len(names)}")
@@ -165,6 +188,8 @@ def import_onnx(
     ``batch_norm=True`` (for fine-tuning) keeps identity BN layers; ``False`` builds the
     inference form, which is exactly the exported graph.
     """
+    from model.u2net import build_u2net
+
     convs = read_onnx_convs(path)  # parsed once: the full export is 176 MB
     variant = variant_of(convs)
     shape = (input_size, input_size, 3)

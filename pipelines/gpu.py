@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import sys
 
-import keras
-
 
 class NoGpuError(RuntimeError):
     """A GPU was asked for but the framework sees none."""
@@ -16,6 +14,8 @@ class NoGpuError(RuntimeError):
 
 def visible_gpus() -> list[str]:
     """GPUs the current Keras backend can use."""
+    import keras  # here, not above: a CPU run of the bucket job never loads a backend
+
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -34,6 +34,8 @@ def visible_gpus() -> list[str]:
 
 def check_gpu() -> list[str]:
     """The visible GPUs, or NoGpuError saying what to check."""
+    import keras
+
     gpus = visible_gpus()
     if not gpus:
         raise NoGpuError(

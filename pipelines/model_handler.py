@@ -64,7 +64,10 @@ class MattingModelHandler(ModelHandler[np.ndarray, PredictionResult, Matter]):
     def load_model(self) -> Matter:
         if self._require_gpu:
             check_gpu()
-        matter = Matter.load(self._variant, self._weights, self._official_normalization)
+        # GPU workers run the Keras model on TensorFlow's CUDA build; onnxruntime's CPU
+        # package has no GPU provider. On CPU, onnxruntime (model.onnx_engine).
+        matter = Matter.load(self._variant, self._weights, self._official_normalization,
+                             engine="keras" if self._require_gpu else "onnxruntime")
         # Skips were decided against the launcher's version; a worker must not differ from it.
         if self._expected_version and matter.version != self._expected_version:
             raise RuntimeError(f"worker loaded model {matter.version}, but the run was planned "

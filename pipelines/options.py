@@ -54,6 +54,8 @@ class BucketOptions:
     share_model: bool = False
     require_gpu: bool = False
     run_id: str = ""
+    prune: bool = False  # remove outputs whose source is gone (reported either way)
+    launched_by: str = ""  # the Prefect flow run that launched it, in the run's job.json
     started_at: float = 0.0
     model_version: str = ""  # filled in at launch from the weights file's hash
 

@@ -5,6 +5,12 @@ Relative to the dataset root (the folder that holds ``train/`` and ``validation/
     train/{blurred_image,mask}/                              -> split "train"
     validation/P3M-500-P/{blurred_image,mask,trimap,facemask}/  -> split "P3M-500-P"
     validation/P3M-500-NP/{original_image,mask,trimap}/      -> split "P3M-500-NP"
+    test/{original_image,mask,trimap}/                       -> split "test"
+
+``test/`` is ours, not P3M-10k's: ``matte arrange-p3m`` puts its held-out test stems there,
+photos that no training run, validation or promotion ever reads, only a final report
+(``matte evaluate --data DST --split test``). P3M-10k itself has none (its two P3M-500 sets
+are its test sets; a config validating on one leaves the other for the report).
 
 Files pair by stem within a split. Hidden files (any path part starting with ".") are not data:
 they are listed in the manifest's ``ignored``. Every other file ends in exactly one accepted
@@ -50,7 +56,9 @@ SPLIT_FOLDERS = {
                                            "trimap": "trimap", "facemask": "facemask"}),
     "P3M-500-NP": ("validation/P3M-500-NP", {"original_image": "image", "mask": "mask",
                                              "trimap": "trimap"}),
+    "test": ("test", {"original_image": "image", "mask": "mask", "trimap": "trimap"}),
 }
+TEST_SPLIT = "test"
 SPLITS = tuple(SPLIT_FOLDERS)
 REASONS = ("missing_mask", "orphan_file", "unexpected_path", "duplicate_stem", "unreadable",
            "corrupt", "wrong_mode", "size_mismatch", "bad_trimap")

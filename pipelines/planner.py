@@ -5,8 +5,11 @@ its steps. For every listing entry: refused or unsafe names and oversized files 
 letters, hidden files are not photos, each output key gets one source (``a.jpg`` and ``a.png``
 both make ``a.png``: the first key wins, the other is a dead letter), and an output is done
 when ``<out>/_state/<output>.json`` records the same source version, model version and output
-options, and the output still has the recorded size. :func:`commit` writes the output before
-its state record, so a kill in between costs a redo, never a skip.
+options, and names the output's current version (GCS generation, or a file's mtime, ctime and
+inode) and checksum. :func:`commit` writes the output before its state record, so a kill in
+between costs a redo, never a skip; both writes carry the generations seen when planning, so
+of two runs racing on one gs:// output the second writer fails (a dead letter) and a state
+record never vouches for another run's output.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from storage import (
     IO_ERRORS,
     ObjectInfo,
     Refused,
+    SourceChanged,
     Store,
     UnsafeKeyError,
     check_key,
+    crc32c,
     join,
     open_store,
     relative_location,
@@ -57,11 +62,13 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Job:
-    """A source to matte into ``output``; ``generation`` is the output's, 0 if it is absent."""
+    """A source to matte into ``output``; ``generation`` is the output's and
+    ``state_generation`` its state record's when planned (GCS), 0 if absent."""
 
     source: ObjectInfo
     output: str
     generation: int = 0
+    state_generation: int = 0
     timings: dict = field(default_factory=dict)  # stage -> milliseconds
 
 
@@ -115,12 +122,21 @@ def pick_source(output: str,
                    for other in others]
 
 
-def expected_state(source: ObjectInfo, output: str, output_size: int,
-                   settings: RunSettings) -> dict:
+def made_from(source: ObjectInfo, output: str, settings: RunSettings) -> dict:
+    """What decides an output's bytes: the part of its state record a rerun compares."""
     return {"key": source.key, "source_size": source.size, "source_version": source.version,
             "model_version": settings.model_version, "output": output,
-            "output_size": output_size, "output_options": dataclasses.asdict(settings.output),
+            # As JSON gives it back (a colour tuple becomes a list), so a record compares equal.
+            "output_options": json.loads(json.dumps(dataclasses.asdict(settings.output))),
             "official_normalization": settings.official_normalization}
+
+
+def read_failure(key: str, error: BaseException) -> DeadLetter:
+    """The dead letter of a source that could not be read (``IO_ERRORS``); one whose read was
+    pinned to its listed version and found it replaced is redone by the next run."""
+    if isinstance(error, SourceChanged):
+        return DeadLetter(key, "read", f"{error}; the next run mattes the new version")
+    return DeadLetter(key, "read", f"cannot read: {error}")
 
 
 def skipped_record(source: ObjectInfo, output: str, settings: RunSettings) -> dict:
@@ -128,31 +144,44 @@ def skipped_record(source: ObjectInfo, output: str, settings: RunSettings) -> di
             "model_version": settings.model_version}
 
 
-def _state(out: Store, output: str) -> dict | None:
-    key = STATE_KEY.format(output)
-    if out.stat(key) is None:
-        return None
+def read_state(out: Store, output: str) -> tuple[dict | None, int]:
+    """(the output's state record or None, the record's generation: 0 if absent or a file)."""
+    info = out.stat(STATE_KEY.format(output))
+    if info is None:
+        return None, 0
     try:
-        return json.loads(out.read(key))
+        return json.loads(out.read(STATE_KEY.format(output))), info.generation
     except (ValueError, *IO_ERRORS):
-        return None  # unreadable state means "not known to be done": the key is redone
+        # Unreadable state means "not known to be done": the key is redone.
+        return None, info.generation
+
+
+def is_done(state: dict | None, current: ObjectInfo | None, expected: dict) -> bool:
+    """The output exists, is the very version its state record names, and was made from
+    what ``expected`` says (source version, model, output options)."""
+    return (state is not None and current is not None
+            and state.get("output_version") == current.version
+            and {name: state.get(name) for name in expected} == expected)
 
 
 def plan_output(out: Store, output: str, source: ObjectInfo, settings: RunSettings) -> Job | None:
     """The job that makes ``output`` from ``source``, or None when it is done already."""
     current = out.stat(output)
-    if current is not None and _state(out, output) == expected_state(
-            source, output, current.size, settings):
+    state, state_generation = read_state(out, output)
+    if is_done(state, current, made_from(source, output, settings)):
         return None
-    return Job(source, output, current.generation if current is not None else 0)
+    return Job(source, output, current.generation if current is not None else 0,
+               state_generation)
 
 
 def commit(out: Store, job: Job, data: bytes, settings: RunSettings) -> ObjectInfo:
     """Write the output (create-only, or replacing the generation planned against), then the
-    state record that makes it count as done."""
+    state record naming the written version and its checksum, on the same condition."""
     written = out.write(job.output, data, if_generation_match=job.generation)
-    state = expected_state(job.source, job.output, written.size, settings)
-    out.write(STATE_KEY.format(job.output), json.dumps(state).encode(), None)
+    state = {**made_from(job.source, job.output, settings), "output_size": written.size,
+             "output_version": written.version, "output_crc32c": crc32c(data)}
+    out.write(STATE_KEY.format(job.output), json.dumps(state).encode(),
+              if_generation_match=job.state_generation)
     return written
 
 
@@ -183,16 +212,26 @@ def orphans(out: Store, outputs: set[str], sources: set[str]) -> list[str]:
     """Outputs not planned this run whose state record names a source the listing no longer
     has. Only ``_state/`` is listed (one record per output), not the outputs themselves. A
     source that is listed but unusable this time (a dead letter) keeps its old output."""
-    states = open_store(join(out.uri, STATE_KEY.split("/")[0]))
     found = []
-    for info in states.list(hidden=True):
-        output = info.key.removesuffix(".json")
+    for output in state_outputs(out):
         if output in outputs:
             continue
-        state = _state(out, output)
-        if state is None or state.get("key") not in sources:
+        state, _ = read_state(out, output)
+        if is_orphan(state, sources):
             found.append(output)
     return sorted(found)
+
+
+def state_outputs(out: Store) -> Iterable[str]:
+    """The output key of every state record (only ``_state/`` is listed, not the outputs)."""
+    states = open_store(join(out.uri, STATE_KEY.split("/")[0]))
+    return (info.key.removesuffix(".json") for info in states.list(hidden=True))
+
+
+def is_orphan(state: dict | None, sources: set[str] | Iterable[str]) -> bool:
+    """An output not planned this run is orphaned when its state record is unreadable or
+    names a source the listing no longer has."""
+    return state is None or state.get("key") not in sources
 
 
 def prune(out: Store, outputs: list[str]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.api_core.exceptions import GoogleAPIError
 
-from storage.base import ObjectInfo, Refused, WriteConflict
+from storage.base import ObjectInfo, Refused, SourceChanged, WriteConflict
 from storage.gcs import GcsStore, crc32c
 from storage.keys import (
     MAX_SEGMENT_BYTES,
@@ -34,14 +34,15 @@ from storage.local import run_lock as _local_run_lock
 
 __all__ = [
     "IO_ERRORS", "MAX_SEGMENT_BYTES", "RESERVED_PREFIXES", "GcsStore", "LocalStore",
-    "ObjectInfo", "OutputLocked", "Refused", "Store", "UnsafeKeyError", "WriteConflict",
+    "ObjectInfo", "OutputLocked", "Refused", "SourceChanged", "Store", "UnsafeKeyError",
+    "WriteConflict",
     "check_key", "crc32c",
     "exists", "is_gcs", "is_hidden", "join", "localize", "open_store", "read_bytes",
     "relative_location", "run_lock", "split_gcs", "split_uri", "write_atomic", "write_bytes",
 ]
 
 # What reading or writing one object may raise: that object fails, the run goes on.
-IO_ERRORS = (OSError, GoogleAPIError, WriteConflict, UnsafeKeyError)
+IO_ERRORS = (OSError, GoogleAPIError, WriteConflict, SourceChanged, UnsafeKeyError)
 
 Store = LocalStore | GcsStore
 

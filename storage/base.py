@@ -16,6 +16,7 @@ class ObjectInfo:
     # "generation:<n>" for GCS objects.
     version: str
     generation: int = 0  # GCS generation, the precondition for replacing it; 0 for files
+    checksum: str = ""  # GCS's base64 CRC32C as listed; "" for files (not hashed on listing)
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,8 @@ class Refused:
 
 class WriteConflict(RuntimeError):
     """Another writer replaced the object after this one planned to write it."""
+
+
+class SourceChanged(RuntimeError):
+    """An object is no longer the version that was listed: a read pinned to the listing
+    refuses it, so a run never records one version's output under another's state."""

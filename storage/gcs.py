@@ -12,7 +12,7 @@ import mimetypes
 import threading
 from collections.abc import Iterator
 
-from storage.base import ObjectInfo, Refused, WriteConflict
+from storage.base import ObjectInfo, Refused, SourceChanged, WriteConflict
 from storage.keys import check_key, is_hidden, name_problem, split_gcs
 
 
@@ -47,7 +47,8 @@ class GcsStore:
 
     def _info(self, blob) -> ObjectInfo:
         key = blob.name[len(self.prefix) + 1:] if self.prefix else blob.name
-        return ObjectInfo(key, int(blob.size), f"generation:{blob.generation}", blob.generation)
+        return ObjectInfo(key, int(blob.size), f"generation:{blob.generation}", blob.generation,
+                          blob.crc32c or "")
 
     def scan(self, exclude: str | None = None,
              hidden: bool = False) -> Iterator[ObjectInfo | Refused]:
@@ -71,8 +72,22 @@ class GcsStore:
         blob = self.bucket.get_blob(self.name(key))
         return None if blob is None else self._info(blob)
 
-    def read(self, key: str) -> bytes:
-        return self.bucket.blob(self.name(key)).download_as_bytes()
+    def read(self, key: str, expect: ObjectInfo | None = None) -> bytes:
+        """The object's bytes; with ``expect`` (a listed version), that generation's bytes or
+        :class:`SourceChanged`. The generation is asked for, and the bytes are checked against
+        the listed CRC32C as well (an emulator may serve the newest generation regardless)."""
+        from google.api_core.exceptions import NotFound
+
+        if expect is None:
+            return self.bucket.blob(self.name(key)).download_as_bytes()
+        blob = self.bucket.blob(self.name(key), generation=expect.generation or None)
+        try:
+            data = blob.download_as_bytes()
+        except NotFound:
+            raise SourceChanged(f"{key} was replaced or deleted after it was listed") from None
+        if expect.checksum and crc32c(data) != expect.checksum:
+            raise SourceChanged(f"{key} was replaced after it was listed")
+        return data
 
     def write(self, key: str, data: bytes, if_generation_match: int | None = None) -> ObjectInfo:
         """Upload (atomic on GCS); ``if_generation_match=0`` creates only, ``g`` replaces g."""

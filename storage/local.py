@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from storage.base import ObjectInfo, Refused, WriteConflict
+from storage.base import ObjectInfo, Refused, SourceChanged, WriteConflict
 from storage.keys import UnsafeKeyError, check_key, name_problem
 
 # write_atomic's temp names: ".<name>.<8 random chars>.tmp" beside the target.
@@ -114,8 +114,14 @@ class LocalStore:
             return None
         return ObjectInfo(key, status.st_size, file_version(status))
 
-    def read(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+    def read(self, key: str, expect: ObjectInfo | None = None) -> bytes:
+        """The file's bytes; with ``expect`` (a listed version), :class:`SourceChanged` when
+        the open file is no longer that version (checked on the open descriptor, so a file
+        replaced after the check is not the one read)."""
+        with open(self.root / key, "rb") as handle:
+            if expect is not None and file_version(os.fstat(handle.fileno())) != expect.version:
+                raise SourceChanged(f"{key} was replaced or modified after it was listed")
+            return handle.read()
 
     def write(self, key: str, data: bytes, if_generation_match: int | None = None) -> ObjectInfo:
         """Atomic replace; ``if_generation_match`` is a GCS notion and ignored for files."""

@@ -20,6 +20,7 @@ from PIL import Image
 TRAIN = "train"
 PRIVATE = "validation/P3M-500-P"
 PUBLIC = "validation/P3M-500-NP"
+TEST = "test"  # ours (``matte arrange-p3m``'s held-out split), not P3M-10k's
 
 
 @dataclass
@@ -83,7 +84,7 @@ def encode(array: np.ndarray, fmt: str, mode: str | None = None, **params) -> by
     return buffer.getvalue()
 
 
-def make_p3m(root: Path, *, train: int = 4, validation: int = 2, seed: int = 0,
+def make_p3m(root: Path, *, train: int = 4, validation: int = 2, test: int = 1, seed: int = 0,
              bad: bool = True, filesystem: bool = True) -> Synth:
     """Write a dataset under ``root``; ``filesystem=False`` leaves out the entries only a
     file system has (symlinks, names that are not UTF-8), ``bad=False`` writes good pairs only.
@@ -114,6 +115,9 @@ def make_p3m(root: Path, *, train: int = 4, validation: int = 2, seed: int = 0,
         synth.accept("P3M-500-P", f"p_private{i:02d}")
         pair(PUBLIC, "original_image", f"p_public{i:02d}", ("trimap",))
         synth.accept("P3M-500-NP", f"p_public{i:02d}")
+    for i in range(test):
+        pair(TEST, "original_image", f"p_test{i:02d}", ("trimap",))
+        synth.accept("test", f"p_test{i:02d}")
     _awkward_but_valid(synth, rng)
     if bad:
         _bad_pairs(synth, rng)

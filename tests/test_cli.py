@@ -41,8 +41,10 @@ def test_single_image_gives_rgba_cutout_at_full_size(photos, u2netp_onnx, tmp_pa
         assert result.mode == "RGBA"
         rgba = np.asarray(result)
     assert rgba.shape[:2] == source.shape[:2]
-    np.testing.assert_array_equal(rgba[:, :, :3], source)
     alpha = rgba[:, :, 3]
+    # The photo's own colours wherever anything shows, zeros under alpha 0 (as rembg).
+    np.testing.assert_array_equal(rgba[alpha > 0, :3], source[alpha > 0])
+    assert not rgba[alpha == 0, :3].any()
     assert alpha.min() < 30 and alpha.max() > 225  # a person on a background: both present
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from model import data
+from model import augment, data
 from model.imaging import decode_image, decode_mask
 from model.losses import deep_supervision_loss
 from model.preprocess import preprocess
@@ -108,6 +108,44 @@ def test_no_augmentation_and_full_crop_is_plain_preprocessing():
     np.testing.assert_allclose(label, 1.0, rtol=1e-6)
 
 
+def test_new_background_changes_only_pixels_with_alpha_below_one_and_follows_the_seed():
+    rng = np.random.default_rng(8)
+    rgb = tf.constant(rng.random((40, 30, 3)), tf.float32)
+    alpha = np.ones((40, 30, 1), np.float32)
+    alpha[:, :10] = 0.0  # background
+    alpha[:, 10:14] = np.linspace(0.2, 0.9, 4)[None, :, None]  # a soft edge
+    seeds = [tf.constant([seed, 1], tf.int64) for seed in range(12)]
+    outputs = [augment.composite_background(rgb, alpha, seed, 1.0).numpy() for seed in seeds]
+    for out in outputs:
+        np.testing.assert_array_equal(out[:, 14:], rgb.numpy()[:, 14:])  # alpha == 1: as is
+        assert np.all(np.abs(out[:, :14] - rgb.numpy()[:, :14]).max(axis=-1) > 0)
+        # Where alpha is 0 the pixel is the background alone; a blend of it elsewhere.
+        assert 0.0 <= out.min() and out.max() <= 1.0
+    again = augment.composite_background(rgb, alpha, seeds[0], 1.0)
+    np.testing.assert_array_equal(again, outputs[0])
+    assert not np.array_equal(outputs[0], outputs[1])
+    kept = [augment.composite_background(rgb, alpha, seed, 0.5).numpy() for seed in seeds]
+    assert 0 < sum(np.array_equal(out, rgb.numpy()) for out in kept) < len(seeds)
+    np.testing.assert_array_equal(augment.composite_background(rgb, alpha, seeds[0], 0.0), rgb)
+
+
+def test_a_composited_pair_keeps_its_label_and_is_the_same_inside_tf_data():
+    rng = np.random.default_rng(9)
+    image = photo(rng, 60, 44)
+    alpha = np.zeros((60, 44, 1), np.uint8)
+    alpha[10:50, 12:32] = 255
+    seed = tf.constant([5, 6], tf.int64)
+    plain, composited = data.Augment(), data.Augment(composite=1.0)
+    eager = data.augment_pair(image, alpha, seed, 32, composited)
+    dataset = tf.data.Dataset.from_tensors((image, alpha, seed)).map(
+        lambda i, a, s: data.augment_pair(i, a, s, 32, composited))
+    for a, b in zip(eager, next(iter(dataset)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    before = data.augment_pair(image, alpha, seed, 32, plain)
+    np.testing.assert_array_equal(eager[1], before[1])  # same crop and flip: the same label
+    assert not np.allclose(eager[0], before[0])
+
+
 def _first_batch(dataset) -> np.ndarray:
     return next(iter(dataset))[0].numpy()
 
@@ -156,7 +194,7 @@ def test_unknown_split_is_refused_and_an_empty_one_is_empty(shards, tmp_path):
         '{"splits": {"P3M-500-P": {"pairs": 0, "shards": []}}}')
     assert list(data.records(str(tmp_path), "P3M-500-P")) == []
     with pytest.raises(ValueError, match="not in"):
-        data.shard_files(str(out), "test")
+        data.shard_files(str(out), "holdout")
 
 
 def test_a_changed_shard_is_refused_before_training(shards, tmp_path):

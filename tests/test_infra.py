@@ -48,10 +48,23 @@ def test_the_gpu_requirements_swap_keeps_the_tensorflow_version():
     swapped = [re.sub(pattern, replacement.replace("\\", ""), line)
                for line in (REPO / "requirements.txt").read_text().splitlines()]
     tensorflow = [line for line in swapped if line.startswith("tensorflow[")]
-    version = pins().get("tensorflow_cpu") or pins()["tensorflow-cpu"]
-    assert tensorflow == [f"tensorflow[and-cuda]=={version}"]
-    assert not [line for line in swapped if line.lower().startswith(("tensorflow_cpu",
+    assert tensorflow == [f"tensorflow[and-cuda]=={pins()['tensorflow']}"]
+    assert not [line for line in swapped if line.lower().startswith(("tensorflow==",
+                                                                      "tensorflow_cpu",
                                                                       "tensorflow-cpu"))]
+
+
+def test_the_worker_image_installs_the_runtime_lock_only():
+    """Test and benchmark tools stay out of the image: they have their own locks."""
+    instructions = "\n".join(line for line in (INFRA / "Dockerfile").read_text().splitlines()
+                              if not line.lstrip().startswith("#"))
+    assert "COPY requirements.txt" in instructions
+    assert "requirements-test" not in instructions and "requirements-bench" not in instructions
+    runtime = {name.lower().replace("_", "-") for name in pins()}
+    assert not runtime & {"pytest", "ruff", "jax", "jaxlib", "gcp-storage-emulator", "rembg"}
+    test_lock = (REPO / "requirements-test.txt").read_text().splitlines()
+    assert "-r requirements.txt" in test_lock
+    assert {line.split("==")[0] for line in test_lock if "==" in line} >= {"pytest", "ruff"}
 
 
 def run_entrypoint(require_gpu: str, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -72,9 +72,11 @@ def test_arrange_reads_and_writes_a_bucket(bucket):
              "plain/images/.DS_Store": b"hidden: not data", "plain/README": b"not a folder"}
     for name, data in files.items():
         bucket.blob(name).upload_from_string(data)
-    counts = arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest/arranged", validation=0.0)
+    counts = arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest/arranged", validation=0.0,
+                         test=0.0)
     assert counts == {"train_images": 2, "train_masks": 2, "validation_images": 0,
-                      "validation_masks": 0, "unreadable": 0}
+                      "validation_masks": 0, "test_images": 0, "test_masks": 0,
+                      "unreadable": 0}
     written = {blob.name: blob.download_as_bytes()
                for blob in bucket.list_blobs(prefix="arranged/")}
     assert written == {"arranged/train/blurred_image/a1.jpg": b"photo 1",
@@ -82,6 +84,6 @@ def test_arrange_reads_and_writes_a_bucket(bucket):
                        "arranged/train/mask/a1.png": b"mask 1",
                        "arranged/train/mask/a2.png": b"mask 2"}
     assert arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest/arranged",
-                       validation=0.0) == counts  # arranging again adds nothing new
+                       validation=0.0, test=0.0) == counts  # arranging again adds nothing new
     with pytest.raises(ValueError, match="not a P3M layout"):
         arrange_p3m("gs://p3m-ingest/plain", "gs://p3m-ingest")

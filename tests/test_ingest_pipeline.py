@@ -122,7 +122,8 @@ def test_clean_data_has_no_rejects(tmp_path):
     clean = make_p3m(tmp_path / "P3M-10k", train=3, validation=1, bad=False)
     manifest = ingest(clean.root, tmp_path / "out")
     assert manifest["rejected"] == 0 and manifest["rejects"] == []
-    assert manifest["pairs"] == clean.pairs() == 3 + 5 + 1 + 1  # train + awkward + P + NP
+    # train + awkward + P + NP + our held-out test split
+    assert manifest["pairs"] == clean.pairs() == 3 + 5 + 1 + 1 + 1
 
 
 def test_a_source_without_files_fails_and_publishes_nothing(tmp_path):

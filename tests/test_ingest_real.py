@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from model import data
 from model.imaging import decode_image, decode_mask
-from pipelines.arrange import arrange_p3m, is_validation, natural_key
+from pipelines.arrange import FOLDERS, arrange_p3m, natural_key, split_of
 from pipelines.ingest_p3m import IngestOptions, launch
 from pipelines.p3m_layout import fit_mask, is_rescaled
 from tests.conftest import shared_path
@@ -34,8 +34,7 @@ def test_arrange_is_deterministic_and_splits_by_stem(human_seg, tmp_path):
     assert listing(tmp_path / "a") == listing(tmp_path / "b")
     stems = sorted((p.stem for p in (human_seg / "Training_Images").iterdir()), key=natural_key)
     for stem in stems[:LIMIT]:
-        folder = "validation/P3M-500-NP/original_image" if is_validation(stem, 0.25) \
-            else "train/blurred_image"
+        folder = FOLDERS[split_of(stem, 0.25, 0.1)][0]  # --test defaults to 0.1
         assert (tmp_path / "a" / folder / f"{stem}.jpg").read_bytes() == (
             human_seg / "Training_Images" / f"{stem}.jpg").read_bytes()
     with pytest.raises(ValueError, match="would leak it between splits"):
@@ -55,8 +54,8 @@ def test_real_photos_round_trip_through_ingestion_and_the_reader(human_seg, tmp_
     assert manifest["rejected"] == 0, manifest["rejects"]
     assert manifest["pairs"] == len(list((human_seg / "Training_Images").iterdir()))
     resized = 0
-    for split in ("train", "P3M-500-NP"):
-        assert manifest["splits"][split]["pairs"] > 0  # both splits get real photos
+    for split in ("train", "P3M-500-NP", "test"):
+        assert manifest["splits"][split]["pairs"] > 0  # every split gets real photos
         for record in data.records(str(tmp_path / "shards"), split):
             stem = record["key"].numpy().decode()
             image = decode_image((human_seg / "Training_Images" / f"{stem}.jpg").read_bytes())

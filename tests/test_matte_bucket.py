@@ -23,6 +23,7 @@ from cli.bucket import run
 from cli.main import main as cli_main
 from model.imaging import decode_image, decode_mask
 from model.outputs import OutputOptions, render
+from pipelines import run_records as records
 from pipelines.matte_bucket import counter
 
 GOOD = {  # key in the input folder -> official test photo
@@ -89,10 +90,8 @@ def read_jsonl(data: bytes) -> list[dict]:
 
 
 def run_records(out: Path, run_id: str) -> tuple[list[dict], list[dict], dict]:
-    folder = out / "_runs" / run_id
-    return (read_jsonl((folder / "manifest.jsonl").read_bytes()),
-            read_jsonl((folder / "dead_letter.jsonl").read_bytes()),
-            json.loads((folder / "summary.json").read_text()))
+    summary, manifest, letters, _ = records.read_all(str(out), run_id)
+    return manifest, letters, summary
 
 
 def outputs(out: Path) -> list[str]:
@@ -118,7 +117,8 @@ def test_folder_run_matches_the_cli_and_reruns_incrementally(tmp_path, official_
     assert {record["model_version"] for record in manifest} == {lite_matter.version}
     assert all(set(r["timings_ms"]) == {"read", "decode", "inference", "render", "write"}
                for r in manifest)
-    assert summary["counts"] == {"ok": len(GOOD), "skipped": 0, "failed": len(BAD)}
+    assert summary["counts"] == {"ok": len(GOOD), "skipped": 0, "failed": len(BAD),
+                                 "orphaned": 0}
     assert summary["model_version"] == lite_matter.version
 
     # Beam metrics, read from the PipelineResult.
@@ -138,7 +138,10 @@ def test_folder_run_matches_the_cli_and_reruns_incrementally(tmp_path, official_
         pipeline_out = out / (key.rsplit(".", 1)[0] + ".png")
         assert pipeline_out.read_bytes() == cli_out.read_bytes(), key
         rgba = np.asarray(Image.open(pipeline_out))
-        np.testing.assert_array_equal(rgba[..., :3], decode_image((root / key).read_bytes()))
+        visible = rgba[..., 3] > 0  # RGB is the photo's where alpha > 0, else zero
+        np.testing.assert_array_equal(rgba[visible, :3],
+                                      decode_image((root / key).read_bytes())[visible])
+        assert not rgba[~visible, :3].any()
 
     # Nothing was written outside OUT_URI (the CLI's own outputs aside).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli", "in", "out"]
@@ -162,7 +165,8 @@ def test_folder_run_matches_the_cli_and_reruns_incrementally(tmp_path, official_
     os.utime(root / "girl.png")  # a changed source is redone, the rest skipped
     result = run([*args, "--run-id", "second"])
     manifest, letters, summary = run_records(out, "second")
-    assert summary["counts"] == {"ok": 1, "skipped": len(GOOD) - 1, "failed": len(BAD)}
+    assert summary["counts"] == {"ok": 1, "skipped": len(GOOD) - 1, "failed": len(BAD),
+                                 "orphaned": 0}
     assert [r["key"] for r in manifest if r["status"] == "ok"] == ["girl.png"]
     assert counter(result, "skipped") == len(GOOD) - 1
     assert outputs(out) == expected
@@ -193,4 +197,5 @@ def test_multi_processing_with_two_workers_and_a_shared_model(tmp_path, official
         assert decode_mask(written).shape == image.shape[:2]
     _, letters, summary = run_records(out, "mp")
     assert [(letter["key"], letter["stage"]) for letter in letters] == [(unwritable, "write")]
-    assert summary["counts"] == {"ok": len(GOOD) - 1, "skipped": 0, "failed": 1}
+    assert summary["counts"] == {"ok": len(GOOD) - 1, "skipped": 0, "failed": 1,
+                                 "orphaned": 0}

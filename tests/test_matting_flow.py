@@ -45,7 +45,7 @@ def test_run_publishes_artifacts_and_keeps_going_past_bad_photos(
     params = MattingParams(input_uri=str(uploads), output_uri=str(tmp_path / "out"),
                            model=str(u2netp_onnx), thumbnails=2)
     result = matting_flow(params)
-    assert result["counts"] == {"ok": 2, "skipped": 0, "failed": 1}
+    assert result["counts"] == {"ok": 2, "skipped": 0, "failed": 1, "orphaned": 0}
     assert Path(result["report"]).is_file()
 
     summary = latest_artifact(SUMMARY_KEY).data
@@ -56,7 +56,7 @@ def test_run_publishes_artifacts_and_keeps_going_past_bad_photos(
     assert thumbnails.count("data:image/png;base64,") == 2
 
     again = matting_flow(params)  # nothing new: everything skipped, bad photo still reported
-    assert again["counts"] == {"ok": 0, "skipped": 2, "failed": 1}
+    assert again["counts"] == {"ok": 0, "skipped": 2, "failed": 1, "orphaned": 0}
 
 
 def test_systemic_errors_fail_the_run_and_bad_photos_do_not():
@@ -168,7 +168,7 @@ def test_an_all_junk_night_and_an_empty_listing_are_red(prefect_harness, tmp_pat
     assert state.is_failed() and "12 of 12 photos failed (> 50%)" in state.message
     # Below the minimum count the same ratio is a green night with dead letters.
     assert matting_flow(params.model_copy(update={"min_photos_for_ratio": 13}))["counts"] == \
-        {"ok": 0, "skipped": 1, "failed": 12}
+        {"ok": 0, "skipped": 1, "failed": 12, "orphaned": 0}
     # A misconfigured prefix that lists nothing, after nights that found photos.
     empty = params.model_copy(update={"input_uri": str(tmp_path / "typo")})
     (tmp_path / "typo").mkdir()
@@ -176,4 +176,4 @@ def test_an_all_junk_night_and_an_empty_listing_are_red(prefect_harness, tmp_pat
     assert state.is_failed() and "listed nothing, but the previous run" in state.message
     # A new, still empty bucket is not an alarm.
     fresh = empty.model_copy(update={"output_uri": str(tmp_path / "fresh-out")})
-    assert matting_flow(fresh)["counts"] == {"ok": 0, "skipped": 0, "failed": 0}
+    assert matting_flow(fresh)["counts"] == {"ok": 0, "skipped": 0, "failed": 0, "orphaned": 0}

@@ -257,3 +257,22 @@ def test_summarize_rejects_empty_and_incomplete_rows():
         summarize([])
     with pytest.raises(KeyError, match="boundary_f"):
         summarize([dict.fromkeys(METRIC_NAMES[:-1], 1.0)])
+
+
+def test_region_restricts_sad_mse_and_grad_hand_worked():
+    gt = np.zeros((6, 6))
+    pred = gt.copy()
+    pred[0, 0] = 1.0  # outside the region
+    pred[3, 3] = 0.5  # inside
+    region = np.zeros((6, 6), bool)
+    region[2:5, 2:5] = True
+    assert metrics.sad(pred, gt, region=region) == pytest.approx(0.5 / 1000)
+    assert metrics.mse(pred, gt, region=region) == pytest.approx(0.25 / 9)
+    assert metrics.sad(pred, gt) == pytest.approx(1.5 / 1000)  # whole image as before
+    # Grad: the gradients are taken on the whole image, then summed over the region only.
+    full = (metrics._grad_magnitude(pred) - metrics._grad_magnitude(gt)) ** 2
+    assert metrics.grad(pred, gt, region=region) == pytest.approx(full[region].sum() / 1000)
+    assert metrics.grad(pred, gt, region=region) < metrics.grad(pred, gt)
+    assert metrics.mse(pred, gt, region=np.zeros((6, 6), bool)) == 0.0
+    with pytest.raises(ValueError, match="boolean mask of shape"):
+        metrics.sad(pred, gt, region=region.astype(np.uint8))

@@ -10,9 +10,12 @@ from model.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     alpha_to_size,
+    alpha_to_size_array,
     min_max,
+    min_max_array,
     normalize,
     preprocess,
+    preprocess_array,
     resize,
 )
 
@@ -73,3 +76,16 @@ def test_same_preprocessing_eagerly_and_inside_tf_data():
 def test_tiny_targets(size):
     out = np.asarray(alpha_to_size(np.full((320, 320, 1), 0.75, np.float32), size))
     np.testing.assert_allclose(out, 0.75, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2000, 3000, 3), (123, 77, 3), (320, 320, 3), (5, 900, 3)])
+def test_the_numpy_form_is_the_keras_form(shape):
+    """Inference resizes with Pillow (no TensorFlow in a ``matte`` process); tf.data and the
+    evaluation with keras.ops: one rule, so both must give the same numbers."""
+    image = np.random.default_rng(shape[0]).integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_allclose(preprocess_array(image), np.asarray(preprocess(image)), atol=1e-4)
+    alpha = np.random.default_rng(1).random((320, 320, 1), dtype=np.float32) * 1.4 - 0.2
+    np.testing.assert_allclose(alpha_to_size_array(alpha, shape[:2]),
+                               np.asarray(alpha_to_size(alpha, shape[:2]))[..., 0], atol=1e-4)
+    batch = alpha[None] + np.float32([0.0, 0.3]).reshape(2, 1, 1, 1)
+    np.testing.assert_allclose(min_max_array(batch), np.asarray(min_max(batch)), atol=1e-6)

@@ -340,3 +340,44 @@ def test_training_commands_load_no_tensorflow_until_they_run():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"
+
+
+def run_command(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="matte")
+    training.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.handler(args)
+
+
+def test_register_command_files_a_run_folder_and_its_evaluations(registry, tmp_path, capsys):
+    from model.evaluate import EvalResult, evaluation_key, write_report
+    from model.metrics import METRIC_NAMES
+    from model.weights import weights_version
+
+    data_root = tmp_path / "shards"
+    data_root.mkdir()
+    (data_root / "manifest.json").write_text(json.dumps({"splits": {}}))
+    run = tmp_path / "run"
+    model = tiny_model(run / "model.keras", "trained")
+    (run / "config.json").write_text(json.dumps({"name": "portrait_lite"}))
+    (run / "data.json").write_text(json.dumps({"manifest_sha256": "e" * 64}))
+    rows = [{"key": "1", **dict.fromkeys(METRIC_NAMES, 0.04), "iou": 0.9}]
+    evaluation = tmp_path / "eval"
+    write_report(EvalResult("square-320", rows), evaluation,
+                 {"model": weights_version(model), "data": f"{data_root}#P3M-500-NP"})
+    assert run_command("register", registry.root, str(run), "--eval", str(evaluation)) == 0
+    (version,) = registry.versions()
+    assert f"version {version}" in capsys.readouterr().out
+    from model.data import manifest_sha256
+
+    key = evaluation_key("P3M-500-NP", manifest_sha256(str(data_root)), "square-320")
+    assert registry.evaluation(version, key)["metrics"]["iou"] == pytest.approx(0.9)
+    assert json.loads((tmp_path / "registry/versions" / version / "data.json").read_text()) == \
+        {"manifest_sha256": "e" * 64}
+    assert run_promote(registry.root, version, "--eval-key", key) == 0
+    # An evaluation of another model is not filed under this version.
+    other = tmp_path / "other-eval"
+    write_report(EvalResult("square-320", rows), other,
+                 {"model": "u2netp-md5:0123456789ab", "data": f"{data_root}#P3M-500-NP"})
+    with pytest.raises(ValueError, match="evaluated u2netp-md5"):
+        run_command("register", registry.root, str(run), "--eval", str(other))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,21 @@ def test_resuming_with_another_config_is_refused(reference):
     other = from_dict({**CONFIG.to_dict(), "learning_rate": 0.5})
     with pytest.raises(ValueError, match="learning_rate"):
         train(other, reference.run_dir, epoch_data=synthetic_epochs())
+
+
+def test_a_run_folder_written_before_a_config_field_existed_still_resumes(reference, tmp_path):
+    """A field added later (composite_probability) is absent from older config.json files:
+    absent means its default, not "another config"."""
+    run_dir = tmp_path / "old"
+    shutil.copytree(reference.run_dir, run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    del saved["composite_probability"]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    resumed = train(CONFIG, run_dir, epoch_data=synthetic_epochs())
+    assert resumed.resumed_from == reference.state.step
+    with pytest.raises(ValueError, match="composite_probability"):
+        train(from_dict({**CONFIG.to_dict(), "composite_probability": 0.5}), run_dir,
+              epoch_data=synthetic_epochs())
 
 
 def test_resuming_on_other_data_is_refused(reference):

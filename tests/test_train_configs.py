@@ -39,10 +39,12 @@ def test_yaml_file_overrides_its_base_preset(tmp_path):
     assert config.seed == 0  # a None override means "not given"
 
 
-def test_the_shipped_yaml_config_loads():
-    config = load_config(str(REPO / "configs" / "humanseg_lite.yaml"))
+@pytest.mark.parametrize("name", ["humanseg_lite", "portrait_lite"])
+def test_the_shipped_yaml_configs_load(name):
+    config = load_config(str(REPO / "configs" / f"{name}.yaml"))
     assert (config.variant, config.init, config.validation_split) == ("lite", "official",
                                                                       "P3M-500-NP")
+    assert config.freeze_batch_norm and config.name == name
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -51,6 +53,7 @@ def test_the_shipped_yaml_config_loads():
     ({"name": "x", "image_size": 100}, "image_size"),
     ({"name": "x", "variant": "medium"}, "variant"),
     ({"name": "x", "validation_metric": "accuracy"}, "validation_metric"),
+    ({"name": "x", "composite_probability": 1.5}, "composite_probability"),
 ])
 def test_bad_configs_are_refused(values, message):
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,121 @@
+"""onnxruntime as the inference engine: our BN-folded Keras model, exported once per model version.
+
+``matte i``, ``matte p`` and the bucket handler run the Keras model through its ONNX export
+(``model.onnx_export``) with onnxruntime: it imports in ~0.3 s where TensorFlow takes seconds,
+and a lite run needs a few hundred MB instead of TensorFlow's ~2 GB at batch 8. The export is
+made from the Keras model (official ONNX weights are imported into it first), so a trained
+``.keras`` model and the official files take the same road, and the parity tests hold it to
+the official outputs. It is cached beside the weights cache (``$U2NET_HOME/onnx/``), keyed by
+the model version and ``EXPORT_REVISION``, and written atomically; only the first run of a
+new model version imports TensorFlow to make it.
+
+Threads (measured on the 2-core development CPU, ``benchmarks/RESULTS.md``): one image runs
+on a session with all cores; a batch runs image by image on single-threaded sessions, one per
+core, side by side: the same throughput per core with ~15 % less CPU than splitting each image
+over the cores, and memory bounded by one image's activations per core whatever the batch
+size (a lite run at batch 8 would hold ~1.4 GB).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from storage import write_atomic
+
+# Bump when model.onnx_export changes what it writes: cached exports of older revisions are
+# then ignored (and stay on disk under their old name).
+EXPORT_REVISION = 1
+FUSED = "fused"
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cache_path(version: str) -> Path:
+    """Where the export of model ``version`` lives: beside the weights cache."""
+    from model.weights import weights_home
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in version)
+    return weights_home() / "onnx" / f"{safe}.r{EXPORT_REVISION}.onnx"
+
+
+def exported(version: str, build: Callable[[], object]) -> Path | bytes:
+    """The cached export of ``version``, made from ``build()`` (a Keras model) when absent.
+
+    An unwritable cache (a read-only image, a full disk) is not an error: the export is then
+    used from memory and made again by the next process.
+    """
+    path = cache_path(version)
+    if path.is_file():
+        return path
+    from model.onnx_export import to_onnx  # TensorFlow: only when a version is new
+
+    data = to_onnx(build()).SerializeToString()
+    try:
+        write_atomic(path, data)
+    except OSError:
+        return data
+    return path
+
+
+def _session(model: Path | bytes, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # The memory pattern pre-plans one block for every activation of a run: a lite image
+    # peaks at 417 MB with it and 248 MB without, at the same speed.
+    options.enable_mem_pattern = False
+    # Spinning workers would take the cores from the threads that decode and encode photos.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = str(model) if isinstance(model, Path) else model
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxNetwork:
+    """The fused probability map of a preprocessed NHWC batch, by onnxruntime."""
+
+    def __init__(self, model: Path | bytes, threads: int | None = None):
+        self.threads = max(1, threads or cpu_count())
+        self._model = model
+        self._wide = _session(model, self.threads)
+        self._narrow = None  # single-threaded, made when the first batch of 2+ comes
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def fused(self, batch: np.ndarray) -> np.ndarray:
+        """N×S×S×3 float32 -> N×S×S×1 float32 (safe to call from several threads).
+
+        Once batches have run, a lone image runs on a single-threaded session too: their
+        arenas already hold one image's activations per core, and the wide session's arena
+        beside them would add another (~180 MB for lite) to the process's peak.
+        """
+        images = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))[:, None]  # N×1×3×S×S
+        if self.threads == 1 or (len(images) == 1 and self._narrow is None):
+            maps = [self._run(self._wide, image) for image in images]
+        elif len(images) == 1:
+            maps = [self._run(self._narrow, images[0])]
+        else:
+            narrow, pool = self._parallel()
+            maps = list(pool.map(lambda image: self._run(narrow, image), images))
+        return np.concatenate(maps).transpose(0, 2, 3, 1)
+
+    @staticmethod
+    def _run(session, image: np.ndarray) -> np.ndarray:
+        return session.run([FUSED], {session.get_inputs()[0].name: image})[0]
+
+    def _parallel(self):
+        with self._lock:
+            if self._narrow is None:
+                self._narrow = _session(self._model, 1)
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx")
+            return self._narrow, self._pool
