@@ -9,11 +9,15 @@ the official outputs. It is cached beside the weights cache (``$U2NET_HOME/onnx/
 the model version and ``EXPORT_REVISION``, and written atomically; only the first run of a
 new model version imports TensorFlow to make it.
 
+The export is fixed at 320² (``to_onnx(..., input_size=MODEL_SIZE)``): onnxruntime then keeps
+the decoder's upsampling in its blocked layout, ~7 % less CPU per image.
+
 Threads (measured on the 2-core development CPU, ``benchmarks/RESULTS.md``): one image runs
 on a session with all cores; a batch runs image by image on single-threaded sessions, one per
-core, side by side: the same throughput per core with ~15 % less CPU than splitting each image
-over the cores, and memory bounded by one image's activations per core whatever the batch
-size (a lite run at batch 8 would hold ~1.4 GB).
+core, side by side: the same throughput with up to ~15 % less CPU than splitting each image
+over the cores while other jobs load the machine (about the same when it is idle), and memory
+bounded by one image's activations per core whatever the batch size (a lite run at batch 8
+would hold ~1.4 GB).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model.preprocess import MODEL_SIZE
 from storage import write_atomic
 
 # Bump when model.onnx_export changes what it writes: cached exports of older revisions are
 # then ignored (and stay on disk under their old name).
-EXPORT_REVISION = 1
+EXPORT_REVISION = 2
 FUSED = "fused"
 
 
@@ -58,7 +63,7 @@ def exported(version: str, build: Callable[[], object]) -> Path | bytes:
         return path
     from model.onnx_export import to_onnx  # TensorFlow: only when a version is new
 
-    data = to_onnx(build()).SerializeToString()
+    data = to_onnx(build(), input_size=MODEL_SIZE).SerializeToString()
     try:
         write_atomic(path, data)
     except OSError:
@@ -87,8 +92,10 @@ class OnnxNetwork:
     def __init__(self, model: Path | bytes, threads: int | None = None):
         self.threads = max(1, threads or cpu_count())
         self._model = model
-        self._wide = _session(model, self.threads)
-        self._narrow = None  # single-threaded, made when the first batch of 2+ comes
+        # Both made on first use: a folder run never needs the wide one (its weights and
+        # arena would only add memory), a single photo never needs the narrow one.
+        self._wide = None
+        self._narrow = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -101,7 +108,8 @@ class OnnxNetwork:
         """
         images = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))[:, None]  # N×1×3×S×S
         if self.threads == 1 or (len(images) == 1 and self._narrow is None):
-            maps = [self._run(self._wide, image) for image in images]
+            wide = self._wide_session()
+            maps = [self._run(wide, image) for image in images]
         elif len(images) == 1:
             maps = [self._run(self._narrow, images[0])]
         else:
@@ -112,6 +120,12 @@ class OnnxNetwork:
     @staticmethod
     def _run(session, image: np.ndarray) -> np.ndarray:
         return session.run([FUSED], {session.get_inputs()[0].name: image})[0]
+
+    def _wide_session(self):
+        with self._lock:
+            if self._wide is None:
+                self._wide = _session(self._model, self.threads)
+            return self._wide
 
     def _parallel(self):
         with self._lock:

@@ -3,6 +3,12 @@
 The graph is written layer by layer from the functional model, BN folded first, so the file
 has the official export's shape: 119 Conv nodes in forward order, opset 13, dynamic batch
 and size. ``model.weights.import_onnx`` reads it back, which the tests use as a round trip.
+
+With ``input_size`` (the onnxruntime engine's export, ``model.onnx_engine``) the height and
+width are fixed and every upsampling is a Resize by constant integer scales: onnxruntime then
+keeps the decoder in its blocked NCHWc layout (its NCHWc Upsample takes only constant
+scales) instead of converting around each Resize, ~6-10 % less CPU per image on the 2-core
+development CPU for the same numbers (within 2e-6).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from model.blocks import ResizeLike
-from model.export import fold_batch_norm
+from model.export import fold_batch_norm, variant_of_model
+from model.u2net import build_u2net
 
 OPSET = 13
 
@@ -59,6 +66,19 @@ def _conv(graph: _Graph, layer: keras.layers.Conv2D, source: str) -> str:
     return graph.node("Relu", [out], _tensor(layer.name)) if relu else out
 
 
+def _resize_by_scales(graph: _Graph, layer: ResizeLike, source: str) -> str:
+    """Resize to the reference's static size by constant integer scales (NCHWc-friendly)."""
+    (_, height, width, _), (_, to_height, to_width, _) = (
+        tuple(tensor.shape) for tensor in layer._inbound_nodes[0].input_tensors)
+    if to_height % height or to_width % width:
+        raise ValueError(f"{layer.name}: {height}x{width} -> {to_height}x{to_width} is not an "
+                         "integer upsampling (the input size must be a multiple of 32)")
+    scales = graph.constant(f"{layer.name}.scales",
+                            np.array([1, 1, to_height // height, to_width // width], np.float32))
+    return graph.node("Resize", [source, "", scales], _tensor(layer.name), mode="linear",
+                      coordinate_transformation_mode="half_pixel")
+
+
 def _resize_like(graph: _Graph, name: str, source: str, reference: str) -> str:
     starts, mid, ends = (graph.constant(f"{name}.{n}", np.array(v, np.int64))
                          for n, v in (("s", [0]), ("m", [2]), ("e", [4])))
@@ -71,9 +91,15 @@ def _resize_like(graph: _Graph, name: str, source: str, reference: str) -> str:
                       coordinate_transformation_mode="half_pixel")
 
 
-def to_onnx(model: keras.Model) -> onnx.ModelProto:
-    """The ONNX graph of ``model`` (inference form); input ``input.1`` NCHW float32."""
+def to_onnx(model: keras.Model, input_size: int | None = None) -> onnx.ModelProto:
+    """The ONNX graph of ``model`` (inference form); input ``input.1`` NCHW float32, of any
+    size, or ``input_size``² (a multiple of 32) with static upsampling scales."""
     model = fold_batch_norm(model)
+    if input_size is not None:
+        static = build_u2net(variant_of_model(model), (input_size, input_size, 3),
+                             name=model.name, batch_norm=False)
+        static.set_weights(model.get_weights())
+        model = static
     graph = _Graph()
     input_name = model.layers[0].name
     for layer in model.layers[1:]:
@@ -86,6 +112,8 @@ def to_onnx(model: keras.Model) -> onnx.ModelProto:
         elif isinstance(layer, keras.layers.MaxPooling2D):
             graph.node("MaxPool", sources, output, kernel_shape=[2, 2], strides=[2, 2],
                        ceil_mode=1)
+        elif isinstance(layer, ResizeLike) and input_size is not None:
+            _resize_by_scales(graph, layer, sources[0])
         elif isinstance(layer, ResizeLike):
             _resize_like(graph, name, *sources)
         elif isinstance(layer, keras.layers.Concatenate):
@@ -96,14 +124,14 @@ def to_onnx(model: keras.Model) -> onnx.ModelProto:
             graph.node("Sigmoid", sources, output)
         else:
             raise ValueError(f"no ONNX mapping for layer {name} ({type(layer).__name__})")
+    size = [input_size] * 2 if input_size is not None else ["H", "W"]
     output_layers = {key: tensor._keras_history.operation.name
                      for key, tensor in model.output.items()}
     outputs = []
     for key, layer_name in output_layers.items():
         graph.node("Identity", [_tensor(layer_name)], key)
-        outputs.append(helper.make_tensor_value_info(key, TensorProto.FLOAT,
-                                                     ["N", 1, "H", "W"]))
-    image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, "H", "W"])
+        outputs.append(helper.make_tensor_value_info(key, TensorProto.FLOAT, ["N", 1, *size]))
+    image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, *size])
     onnx_graph = helper.make_graph(graph.nodes, model.name, [image], outputs,
                                    initializer=graph.initializers)
     exported = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],

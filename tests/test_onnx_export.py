@@ -42,3 +42,19 @@ def test_batch_norm_model_is_folded_on_export(tmp_path):
     fused = session.run(["fused"], {"input.1": x.transpose(0, 3, 1, 2)})[0]
     np.testing.assert_allclose(fused.transpose(0, 2, 3, 1), model.predict_on_batch(x)["fused"],
                                atol=1e-4)
+
+
+def test_fixed_size_export_upsamples_by_constant_scales(u2netp_onnx):
+    """The onnxruntime engine's form: 320² in, no Shape arithmetic, the same numbers."""
+    from model.onnx_export import to_onnx
+
+    model = import_onnx(u2netp_onnx, batch_norm=False)
+    graph = to_onnx(model, input_size=320)
+    ops = [node.op_type for node in graph.graph.node]
+    assert "Shape" not in ops and ops.count("Resize") == 38
+    session = onnxruntime.InferenceSession(graph.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).normal(size=(2, 320, 320, 3)).astype("float32")
+    fused = session.run(["fused"], {"input.1": x.transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_allclose(fused.transpose(0, 2, 3, 1), model.predict_on_batch(x)["fused"],
+                               atol=1e-4)
