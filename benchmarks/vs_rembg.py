@@ -21,7 +21,9 @@ table shows medians and matte / rembg ratios. Photo sets:
   ~500; internal evaluation data, see its SOURCE.md: copied to a temp folder, never kept).
 
 Start-up is ``matte p -h`` against ``rembg p --help``. ``matte bucket`` (Beam DirectRunner)
-runs on each set too, for its CPU seconds per photo beside ``matte p``'s.
+runs on each set too, for its CPU seconds per photo beside ``matte p``'s: per run (CPU / n,
+start-up included) and per additional photo (CPU(n) - CPU(1)) / (n - 1), both commands also
+run on the set's first photo alone), the cost that scales with a night's photos.
 """
 
 from __future__ import annotations
@@ -132,9 +134,17 @@ def main() -> None:
                 commands["rembg"] = lambda tag, folder=folder: [
                     rembg, "p", "-m", "u2netp", str(folder), str(scratch / tag)]
             if not args.no_bucket:
-                commands["bucket"] = lambda tag, folder=folder: [
-                    matte, "bucket", str(folder), str(scratch / tag), "--model", "lite",
-                    "--weights", str(home / "u2netp.onnx")]
+                # Per-photo CPU at scale is the slope: each command again on the set's first
+                # photo alone, whose CPU is the run's fixed part (imports, model, Beam's
+                # set-up), so (CPU(n) - CPU(1)) / (n - 1) is what one more photo costs.
+                one = scratch / f"{name}-one"
+                one.mkdir()
+                shutil.copy(photos[0], one / photos[0].name)
+                for side, folder_ in (("bucket", folder), ("matte-1", one), ("bucket-1", one)):
+                    verb = "bucket" if side.startswith("bucket") else "p"
+                    commands[side] = lambda tag, verb=verb, folder_=folder_: [
+                        matte, verb, str(folder_), str(scratch / tag), "--model", "lite",
+                        "--weights", str(home / "u2netp.onnx")]
             runs = compare(name, commands, args.repeats, env)
             rows.append((name, len(photos), runs))
             print_set(name, len(photos), runs)
@@ -150,8 +160,9 @@ def print_set(name: str, count: int, runs: dict[str, list[dict]]) -> None:
 
 def print_summary(start_runs: dict, rows: list) -> None:
     print("\n| photos | n | matte p wall s | rembg p wall s | wall ratio | CPU ratio | "
-          "matte peak MiB | rembg peak MiB | memory ratio | CPU s/photo: p, bucket |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "matte peak MiB | rembg peak MiB | memory ratio | CPU s/photo: p, bucket | "
+          "one more photo, CPU s: p, bucket, ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for name, count, runs in rows:
         ours = runs["matte"]
         theirs = runs.get("rembg")
@@ -166,6 +177,13 @@ def print_summary(start_runs: dict, rows: list) -> None:
             cells += ["-", "-", "-", f"{median(ours, 'rss'):.0f}", "-", "-"]
         bucket = (f", {median(runs['bucket'], 'cpu') / count:.2f}" if "bucket" in runs else "")
         cells.append(f"{median(ours, 'cpu') / count:.2f}{bucket}")
+        if "bucket-1" in runs and count > 1:
+            slope = {side: (median(runs[side], "cpu") - median(runs[f"{side}-1"], "cpu"))
+                     / (count - 1) for side in ("matte", "bucket")}
+            cells.append(f"{slope['matte']:.3f}, {slope['bucket']:.3f}, "
+                         f"{slope['bucket'] / slope['matte']:.2f}")
+        else:
+            cells.append("-")
         print("| " + " | ".join(cells) + " |")
     ours = median(start_runs["matte"], "wall")
     line = f"\nstart-up (`matte p -h`): {ours:.2f} s"

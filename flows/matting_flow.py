@@ -29,6 +29,8 @@ from pydantic import BaseModel, Field
 
 from model.imaging import ImageError, parse_color
 from model.outputs import OutputOptions
+from model.refine import AlphaMatting
+from model.weights import MODEL_NAMES, canonical_model
 from operations import markdown
 from operations.pictures import before_after, markdown_image
 from operations.registry import Registry, RegistryError
@@ -53,7 +55,8 @@ SYSTEMIC_STAGES = {"inference", "write"}  # failing there for every photo is not
 class MattingParams(BaseModel):
     input_uri: str = Field(description="folder or gs://bucket/prefix of uploaded photos")
     output_uri: str = Field(description="folder or gs://bucket/prefix for the cut-outs")
-    model: str = Field("champion", description="champion | lite | full | path to .onnx/.keras")
+    model: str = Field("champion", description="champion | lite | full | rembg's u2netp, u2net, "
+                       "u2net_human_seg | path or gs:// URI of an .onnx/.keras file")
     registry_uri: str = Field("registry", description="model registry holding the champion")
     runner: str = Field("DirectRunner", description="DirectRunner | dask | DataflowRunner")
     dask_address: str | None = Field(None, description="dask scheduler for runner dask, e.g. "
@@ -62,6 +65,14 @@ class MattingParams(BaseModel):
     max_batch_size: int = Field(8, ge=1)
     only_mask: bool = False
     bgcolor: str | None = None
+    jpeg: bool = Field(False, description="with bgcolor: write JPEG")
+    estimate_foreground: bool = Field(False, description="the subject's own colour in the soft "
+                                      "edge instead of the old background's (`matte --fg`)")
+    alpha_matting: bool = Field(False, description="refine the alpha by closed-form matting "
+                                "(rembg's -a; then the foreground is estimated too)")
+    alpha_matting_foreground_threshold: int = Field(240, ge=0, le=255)
+    alpha_matting_background_threshold: int = Field(10, ge=0, le=255)
+    alpha_matting_erode_size: int = Field(10, ge=0)
     thumbnails: int = Field(4, ge=0, le=12)
     prune: bool = Field(False, description="remove outputs whose source is gone (they are "
                         "reported either way)")
@@ -83,8 +94,8 @@ class MattingParams(BaseModel):
 def resolve_model(model: str, registry_uri: str) -> tuple[str, str | None, str | None]:
     """(variant, weights URI, fallback reason): the champion's .keras for ``"champion"``;
     the reason is set when the pointer was refused and the last good champion serves."""
-    if model in ("lite", "full"):
-        return model, None, None
+    if model in MODEL_NAMES:  # ours and rembg's names: the official weights from the cache
+        return canonical_model(model), None, None
     if model != "champion":
         return "lite", model, None
     registry = Registry(registry_uri)
@@ -104,8 +115,14 @@ def resolve_model(model: str, registry_uri: str) -> tuple[str, str | None, str |
 def bucket_options(params: MattingParams, variant: str, weights: str | None,
                    run_id: str) -> tuple[BucketOptions, PipelineOptions]:
     """The pipeline's typed options for one run of this flow."""
+    matting = (AlphaMatting(params.alpha_matting_foreground_threshold,
+                            params.alpha_matting_background_threshold,
+                            params.alpha_matting_erode_size)
+               if params.alpha_matting else None)
     output = OutputOptions(only_mask=params.only_mask,
-                           bgcolor=parse_color(params.bgcolor) if params.bgcolor else None)
+                           bgcolor=parse_color(params.bgcolor) if params.bgcolor else None,
+                           jpeg=params.jpeg, estimate_foreground=params.estimate_foreground,
+                           alpha_matting=matting)
     options = BucketOptions(params.input_uri, params.output_uri, output, model=variant,
                             weights=weights, min_batch_size=params.max_batch_size,
                             max_batch_size=params.max_batch_size, run_id=run_id,

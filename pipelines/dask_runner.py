@@ -59,6 +59,33 @@ class ShadowedPackages(WorkerPlugin):
                 sys.path[:] = saved
 
 
+class KeptEnviron:
+    """Undoes what starting a LocalCluster does to this process's ``os.environ``.
+
+    dask's nanny sets ``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ``PYTHONHASHSEED`` and more
+    in the *parent's* environment for its worker processes, and leaves them there: every later
+    subprocess of a long-lived process (a Prefect worker, a test run) would then run its
+    TensorFlow on one thread, with other float sums than before (a resumed training run no
+    longer matched its uninterrupted twin). Entered before the cluster starts; ``restore``
+    after it started and again after it stopped (a restarted worker sets them again).
+    """
+
+    def __init__(self):
+        import dask
+
+        keys = {"PYTHONHASHSEED", "__DASK_PARENT_PID"}
+        for name in ("distributed.nanny.pre-spawn-environ", "distributed.nanny.environ"):
+            keys |= set(dask.config.get(name, default=None) or {})
+        self._saved = {key: os.environ.get(key) for key in keys}
+
+    def restore(self) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _is_namespace_dir(entry: str, package: str) -> bool:
     folder = os.path.join(entry or ".", package)
     return os.path.isdir(folder) and not os.path.exists(os.path.join(folder, "__init__.py"))
@@ -67,10 +94,15 @@ def _is_namespace_dir(entry: str, package: str) -> bool:
 class DaskRunnerResult(PipelineResult):
     """A run on the cluster; closing the client also stops a LocalCluster it started."""
 
-    def __init__(self, client: Client, future):
+    def __init__(self, client: Client, future, environ: KeptEnviron | None = None):
         super().__init__(PipelineState.RUNNING)
         self._client, self._future = client, future
+        self._environ = environ or KeptEnviron()
         self._metrics = DirectMetrics()
+
+    def _close(self) -> None:
+        self._client.close()
+        self._environ.restore()
 
     def wait_until_finish(self, duration: int | None = None) -> str:
         """The state after the run ends, or after ``duration`` ms (still RUNNING then)."""
@@ -83,18 +115,18 @@ class DaskRunnerResult(PipelineResult):
             return self._state
         except BaseException:
             self._state = PipelineState.FAILED
-            self._client.close()
+            self._close()
             raise
         for update in updates:
             self._metrics.commit_physical(None, update)
             self._metrics.commit_logical(None, update)
         self._state = PipelineState.DONE
-        self._client.close()
+        self._close()
         return self._state
 
     def cancel(self) -> str:
         self._future.cancel()
-        self._client.close()
+        self._close()
         self._state = PipelineState.CANCELLED
         return self._state
 
@@ -114,11 +146,14 @@ class DaskRunner(BeamDaskRunner):
         if not dask_options.get("address") and not dask_options.get("scheduler_file"):
             _LOG.warning("no --dask_client_address: starting a dask LocalCluster in this "
                          "process for the run")
+        environ = KeptEnviron()
         try:
             client = Client(**dask_options)
         except OSError as error:  # unreachable or refusing: most likely a wrong address
             raise ConnectionError(f"cannot reach the dask scheduler "
                                   f"{dask_options.get('address')}: {error}") from error
+        finally:
+            environ.restore()
         try:
             client.register_plugin(ShadowedPackages())
             # One slot per worker thread, in a fixed order (workers that join later only get
@@ -134,5 +169,6 @@ class DaskRunner(BeamDaskRunner):
             future = client.compute(translator.metric_updates(), optimize_graph=False)
         except BaseException:
             client.close()
+            environ.restore()
             raise
-        return DaskRunnerResult(client, future)
+        return DaskRunnerResult(client, future, environ)

@@ -4,6 +4,7 @@ same output bytes, dead letters, run records and metrics, and the same skips on 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,9 +27,24 @@ VOLATILE = ("timings_ms", "written_at", "batch_size")  # differ run to run, not 
 
 @pytest.fixture(scope="module")
 def cluster():
+    from pipelines.dask_runner import KeptEnviron
+
+    before, kept = dict(os.environ), KeptEnviron()
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                   dashboard_address=":0") as local:
+        kept.restore()
+        local.environ_before = before
         yield local
+    kept.restore()
+
+
+def test_a_local_cluster_leaves_this_process_environment_alone(cluster):
+    """dask's nanny writes OMP_NUM_THREADS=1 and more into the starting process's environment;
+    left there, every later subprocess (a training run a flow starts) ran on one thread."""
+    assert os.environ.get("OMP_NUM_THREADS") == cluster.environ_before.get("OMP_NUM_THREADS")
+    now = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
+    assert now == {key: value for key, value in cluster.environ_before.items()
+                   if key != "PYTEST_CURRENT_TEST"}
 
 
 def stable(records: list[dict]) -> list[dict]:

@@ -177,3 +177,32 @@ def test_an_all_junk_night_and_an_empty_listing_are_red(prefect_harness, tmp_pat
     # A new, still empty bucket is not an alarm.
     fresh = empty.model_copy(update={"output_uri": str(tmp_path / "fresh-out")})
     assert matting_flow(fresh)["counts"] == {"ok": 0, "skipped": 0, "failed": 0, "orphaned": 0}
+
+
+def test_rembg_model_names_and_soft_edge_options_match_the_cli(prefect_harness, tmp_path,
+                                                              official_testdata, u2netp_onnx,
+                                                              monkeypatch):
+    """``model: u2netp`` (rembg's name, weights from $U2NET_HOME) with ``alpha_matting`` and
+    then ``estimate_foreground``: each night's bytes are what ``matte i`` writes with -a/--fg,
+    and changing the option redoes the photo."""
+    from cli.main import main
+
+    home = tmp_path / "u2net-home"
+    home.mkdir()
+    (home / "u2netp.onnx").symlink_to(u2netp_onnx)
+    monkeypatch.setenv("U2NET_HOME", str(home))
+    uploads, out = tmp_path / "uploads", tmp_path / "out"
+    _uploads(uploads, official_testdata, names=("girl.png",), size=96)
+    params = MattingParams(input_uri=str(uploads), output_uri=str(out), model="u2netp",
+                           alpha_matting=True)
+    assert matting_flow(params)["counts"]["ok"] == 1
+    assert main(["i", str(uploads / "girl.png"), str(tmp_path / "a.png"), "-m", "u2netp",
+                 "-a"]) == 0
+    assert (out / "girl.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+
+    foreground = params.model_copy(update={"alpha_matting": False, "estimate_foreground": True})
+    assert matting_flow(foreground)["counts"]["ok"] == 1  # other options: redone
+    assert main(["i", str(uploads / "girl.png"), str(tmp_path / "fg.png"), "-m", "u2netp",
+                 "--fg"]) == 0
+    assert (out / "girl.png").read_bytes() == (tmp_path / "fg.png").read_bytes()
+    assert (tmp_path / "fg.png").read_bytes() != (tmp_path / "a.png").read_bytes()

@@ -1,8 +1,11 @@
 """Training: checkpoints, TensorBoard logs, and a killed run resuming at the same step and batch.
 
 One uninterrupted reference run (module fixture) on in-memory data; the kill test trains the
-same config in a subprocess, SIGKILLs it mid-epoch, resumes here, and must end with exactly the
-reference's weights: a restart from step 0, or resuming at the wrong batch, would not.
+same config in a subprocess, SIGKILLs it mid-epoch, resumes in another, and must end with the
+weights of an uninterrupted run in a third: a restart from step 0, or resuming at the wrong
+batch, would not. All three are fresh processes so that every float sum is made the same
+way: this process has run other tests first (the full suite once gave the reference here
+weights up to 9e-3 from the same training in a fresh process, where alone both agree).
 """
 
 from __future__ import annotations
@@ -136,12 +139,13 @@ def test_resuming_on_other_data_is_refused(reference):
     assert record == {"manifest_sha256": None}  # synthetic epochs name no manifest
 
 
-PAUSED_RUN = textwrap.dedent("""
+RUN = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import keras
+    import numpy as np
     from model.train import train
-    from tests.test_train import CONFIG, KILL_AFTER_STEP, synthetic_epochs
+    from tests.test_train import CONFIG, KILL_AFTER_STEP, synthetic_epochs, weights_of
 
     class Pause(keras.callbacks.Callback):
         # Holds the run after step KILL_AFTER_STEP so the test kills it mid-epoch, not by luck.
@@ -153,17 +157,31 @@ PAUSED_RUN = textwrap.dedent("""
                 Path(sys.argv[2]).write_text(str(self.steps))
                 time.sleep(600)
 
-    train(CONFIG, sys.argv[1], epoch_data=synthetic_epochs(), callbacks=[Pause()])
+    run_dir, out = sys.argv[1], sys.argv[2]
+    if sys.argv[3] == "pause":
+        train(CONFIG, run_dir, epoch_data=synthetic_epochs(), callbacks=[Pause()])
+    else:  # train to the end (or resume there), then write the steps and the weights
+        result = train(CONFIG, run_dir, epoch_data=synthetic_epochs())
+        np.savez(out, resumed_from=-1 if result.resumed_from is None else result.resumed_from,
+                 step=result.state.step, epochs=[e["epoch"] for e in result.state.history],
+                 *weights_of(result.model))
 """)
 
 
-def test_killed_run_resumes_at_the_same_step_and_batch(reference, tmp_path):
+def run_to_end(run_dir: Path, out: Path, env: dict) -> dict:
+    subprocess.run([sys.executable, "-c", RUN, str(run_dir), str(out), "end"], env=env,
+                   cwd=REPO, check=True, capture_output=True, timeout=600)
+    with np.load(out) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
+def test_killed_run_resumes_at_the_same_step_and_batch(tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, str(run_dir), str(marker)],
-                                   env=env, cwd=REPO, stderr=stderr)
+        process = subprocess.Popen([sys.executable, "-c", RUN, str(run_dir), str(marker),
+                                    "pause"], env=env, cwd=REPO, stderr=stderr)
     try:
         deadline = time.monotonic() + 300  # generous: only bounds a hang, never measures speed
         while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -176,9 +194,12 @@ def test_killed_run_resumes_at_the_same_step_and_batch(reference, tmp_path):
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 4
     assert not (run_dir / "model.keras").exists()
 
-    resumed = train(CONFIG, run_dir, epoch_data=synthetic_epochs())
-    assert (resumed.resumed_from, resumed.state.step) == (4, 6)
-    assert [entry["epoch"] for entry in resumed.state.history] == [1, 2]
-    for expected, actual in zip(weights_of(reference.model), weights_of(resumed.model),
-                                strict=True):
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    resumed = run_to_end(run_dir, tmp_path / "resumed.npz", env)
+    reference = run_to_end(tmp_path / "reference", tmp_path / "reference.npz", env)
+    assert (int(resumed["resumed_from"]), int(resumed["step"])) == (4, 6)
+    assert list(resumed["epochs"]) == [1, 2]
+    assert int(reference["resumed_from"]) == -1 and int(reference["step"]) == 6
+    weights = sorted(key for key in reference if key.startswith("arr_"))
+    assert weights and weights == sorted(key for key in resumed if key.startswith("arr_"))
+    for key in weights:
+        np.testing.assert_allclose(resumed[key], reference[key], rtol=1e-5, atol=1e-6)
