@@ -32,6 +32,41 @@ class ResizeLike(layers.Layer):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
 
 
+@keras.saving.register_keras_serializable(package="u2net")
+class SharpenedSigmoid(layers.Layer):
+    """The fused output: ``sigmoid(sharpness · logit)`` in inference, ``sigmoid(logit)`` in
+    training.
+
+    Sharpness > 1 makes the alpha crisper (a faint 0.05 haze becomes 0.01 at 1.5) without
+    moving its 0.5 level set. It is a setting of the model, never learnt: the loss sees the
+    plain sigmoid, so fine-tuning a sharpened model does not sharpen it again; a model made
+    by ``build_u2net`` takes the value it is given (``TrainConfig.output_sharpness``). The
+    ONNX export folds it into ``outconv`` (``model.onnx_export``).
+    """
+
+    def __init__(self, sharpness: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not sharpness > 0:
+            raise ValueError(f"sharpness must be positive, got {sharpness}")
+        self.sharpness = float(sharpness)
+
+    def call(self, logit, training=None):
+        if training or self.sharpness == 1.0:
+            return ops.sigmoid(logit)
+        return ops.sigmoid(logit * self.sharpness)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sharpness": self.sharpness}
+
+
+def sharpness_of(model: keras.Model) -> float:
+    """The fused output's sharpness (1.0 for models saved before it existed)."""
+    return float(getattr(model.get_layer("fused"), "sharpness", 1.0))
+
+
 def _resize_axis(x, size, axis: int):
     """Half-pixel linear interpolation of ``x`` along ``axis`` (1 or 2 of NHWC) to ``size``."""
     in_size = ops.shape(x)[axis]

@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from model.blocks import sharpness_of
 from model.u2net import build_u2net, conv_names
 
 
@@ -27,7 +28,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         return model  # already the inference form
     variant = variant_of_model(model)
     folded = build_u2net(variant, tuple(model.input.shape[1:]), name=f"{model.name}_folded",
-                         batch_norm=False)
+                         batch_norm=False, sharpness=sharpness_of(model))
     for name in conv_names(variant):
         kernel, bias = model.get_layer(name).get_weights()
         if name.endswith(".conv"):

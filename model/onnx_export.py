@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model.blocks import ResizeLike
+from model.blocks import ResizeLike, SharpenedSigmoid, sharpness_of
 from model.export import fold_batch_norm, variant_of_model
 from model.u2net import build_u2net
 
@@ -53,8 +53,8 @@ class _Graph:
         return output
 
 
-def _conv(graph: _Graph, layer: keras.layers.Conv2D, source: str) -> str:
-    kernel, bias = layer.get_weights()
+def _conv(graph: _Graph, layer: keras.layers.Conv2D, source: str, scale: float = 1.0) -> str:
+    kernel, bias = (weight * np.float32(scale) for weight in layer.get_weights())
     dilation = layer.dilation_rate[0]
     pad = dilation * (layer.kernel_size[0] - 1) // 2  # "same" for odd kernels
     weight = graph.constant(f"{layer.name}.weight", np.transpose(kernel, (3, 2, 0, 1)))
@@ -97,16 +97,19 @@ def to_onnx(model: keras.Model, input_size: int | None = None) -> onnx.ModelProt
     model = fold_batch_norm(model)
     if input_size is not None:
         static = build_u2net(variant_of_model(model), (input_size, input_size, 3),
-                             name=model.name, batch_norm=False)
+                             name=model.name, batch_norm=False, sharpness=sharpness_of(model))
         static.set_weights(model.get_weights())
         model = static
     graph = _Graph()
+    sharpness = sharpness_of(model)
     input_name = model.layers[0].name
     for layer in model.layers[1:]:
         name, output = layer.name, _tensor(layer.name)
         sources = _inputs_of(layer, input_name)
         if isinstance(layer, keras.layers.Conv2D):
-            _conv(graph, layer, sources[0])
+            # The fused sigmoid's sharpness, folded into the 1x1 conv before it: the graph
+            # keeps the official form, and model.weights.import_onnx reads it back exactly.
+            _conv(graph, layer, sources[0], sharpness if name == "outconv" else 1.0)
         elif isinstance(layer, keras.layers.ReLU):
             graph.node("Relu", sources, output)
         elif isinstance(layer, keras.layers.MaxPooling2D):
@@ -120,7 +123,7 @@ def to_onnx(model: keras.Model, input_size: int | None = None) -> onnx.ModelProt
             graph.node("Concat", sources, output, axis=1)
         elif isinstance(layer, keras.layers.Add):
             graph.node("Add", sources, output)
-        elif isinstance(layer, keras.layers.Activation):
+        elif isinstance(layer, (keras.layers.Activation, SharpenedSigmoid)):
             graph.node("Sigmoid", sources, output)
         else:
             raise ValueError(f"no ONNX mapping for layer {name} ({type(layer).__name__})")

@@ -44,6 +44,8 @@ EpochData = Callable[[int], tf.data.Dataset]  # epoch index -> that epoch's (ima
 RESUMABLE_CHANGES = {"weights", "promotion_margin", "min_eval_photos", "name", "epochs",
                      "checkpoint_every", "keep_checkpoints", "run_eagerly",
                      "validation_metric", "eval_max_side", "eval_size",
+                     # only the inference output (the loss never sees it)
+                     "output_sharpness",
                      # a resume keeps the checkpoint's global batch on any device count
                      "devices"}
 
@@ -79,7 +81,32 @@ def precision_policy(precision: str) -> str:
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """The training form (with BN layers) at any input size: evaluation runs at any size."""
+    """The training form (with BN layers) at any input size: evaluation runs at any size; its
+    fused output has the config's sharpness whatever the starting weights had."""
+    return with_sharpness(_starting_model(config), config.output_sharpness)
+
+
+def with_sharpness(model: keras.Model, sharpness: float) -> keras.Model:
+    """``model`` with its fused output at ``sharpness`` (a setting, not a weight: set, never
+    multiplied, so a retrain from a sharpened champion does not compound it). A model saved
+    before the setting existed is rebuilt around its weights."""
+    from model.blocks import SharpenedSigmoid
+    from model.export import variant_of_model
+
+    fused = model.get_layer("fused")
+    if isinstance(fused, SharpenedSigmoid):
+        fused.sharpness = float(sharpness)
+        return model
+    batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    rebuilt = build_u2net(variant_of_model(model), tuple(model.input.shape[1:]), name=model.name,
+                          batch_norm=batch_norm, sharpness=sharpness)
+    rebuilt.set_weights(model.get_weights())
+    for old, new in zip(model.layers, rebuilt.layers, strict=True):
+        new.trainable = old.trainable
+    return rebuilt
+
+
+def _starting_model(config: TrainConfig) -> keras.Model:
     if config.init == "champion":
         # A registered model is the training form already (identity BN from the import, or
         # BN that fine-tuning kept frozen); the train flow passes its verified local copy.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from model.blocks import ResizeLike, block, block_conv_names, max_pool
+from model.blocks import ResizeLike, SharpenedSigmoid, block, block_conv_names, max_pool
 
 OUTPUT_NAMES = ("fused", "side1", "side2", "side3", "side4", "side5", "side6")
 VARIANTS = ("full", "lite")
@@ -38,10 +38,12 @@ def build_u2net(
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
     name: str | None = None,
     batch_norm: bool = True,
+    sharpness: float = 1.0,
 ) -> keras.Model:
     """Build ``"full"`` (U²-Net, 44.0 M params) or ``"lite"`` (U²-Net†, 1.13 M params).
 
     ``batch_norm=False`` builds the inference form, with BN folded into the convs.
+    ``sharpness`` scales the fused logit in inference (``model.blocks.SharpenedSigmoid``).
     """
     _check_variant(variant)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -71,7 +73,7 @@ def build_u2net(
         layers.Concatenate(name="sides")(side_logits)
     )
     # float32 outputs keep the BCE stable under mixed precision.
-    outputs = {"fused": layers.Activation("sigmoid", dtype="float32", name="fused")(fused_logit)}
+    outputs = {"fused": SharpenedSigmoid(sharpness, dtype="float32", name="fused")(fused_logit)}
     for stage, logit in enumerate(side_logits, start=1):
         outputs[f"side{stage}"] = layers.Activation(
             "sigmoid", dtype="float32", name=f"side{stage}_prob"

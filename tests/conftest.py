@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # A loaded 2-core machine can take longer than Prefect's 20-30 s to start an ephemeral API.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The weights cache of this test session (the onnxruntime engine's exports of every model
+# version the tests make land there), never the user's ~/.u2net; weights come from
+# ../shared/data by path.
+os.environ["U2NET_HOME"] = tempfile.mkdtemp(prefix="matte-tests-u2net-home-")
+atexit.register(shutil.rmtree, os.environ["U2NET_HOME"], ignore_errors=True)
 
 SHARED_DATA = Path(
     os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

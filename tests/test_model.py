@@ -109,3 +109,54 @@ def test_same_model_runs_on_the_jax_backend(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"backend": "jax"}
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), expected, atol=1e-4)
+
+
+def test_sharpness_scales_the_fused_logit_in_inference_only(tmp_path):
+    """sigmoid(s · logit) when predicting, sigmoid(logit) in training (the loss never sees s),
+    the other outputs untouched; saved and loaded with the model; set, never compounded."""
+    from model.blocks import sharpness_of
+    from model.export import load_keras
+    from model.train import with_sharpness
+
+    plain = build_u2net("lite", (32, 32, 3))
+    sharp = build_u2net("lite", (32, 32, 3), sharpness=2.0)
+    sharp.set_weights(plain.get_weights())
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    logit = np.asarray(keras.Model(plain.input, plain.get_layer("outconv").output)(x))
+    predicted, unsharpened = sharp(x, training=False), plain(x, training=False)
+    np.testing.assert_allclose(predicted["fused"], 1 / (1 + np.exp(-2.0 * logit)), atol=1e-6)
+    np.testing.assert_allclose(predicted["side1"], unsharpened["side1"], atol=1e-6)
+    assert not np.allclose(predicted["fused"], unsharpened["fused"], atol=1e-3)
+    # (training mode last: it moves the BN statistics of both models alike)
+    np.testing.assert_allclose(sharp(x, training=True)["fused"],
+                               plain(x, training=True)["fused"], atol=1e-6)
+
+    sharp.save(tmp_path / "sharp.keras")
+    loaded = load_keras(tmp_path / "sharp.keras")
+    assert sharpness_of(loaded) == 2.0
+    np.testing.assert_allclose(loaded(x, training=False)["fused"],
+                               sharp(x, training=False)["fused"], atol=1e-6)
+    again = with_sharpness(with_sharpness(loaded, 1.5), 1.5)
+    assert sharpness_of(again) == 1.5
+    with pytest.raises(ValueError, match="sharpness must be positive"):
+        build_u2net("lite", (32, 32, 3), sharpness=0.0)
+
+
+def test_a_model_saved_before_sharpness_existed_is_rebuilt_around_its_weights():
+    """Older .keras files (champions in a registry) end in a plain sigmoid Activation."""
+    from model.blocks import sharpness_of
+    from model.train import with_sharpness
+
+    plain = build_u2net("lite", (32, 32, 3))
+    inputs = plain.input
+    logit = plain.get_layer("outconv").output
+    old = keras.Model(inputs, {**{k: v for k, v in plain.output.items() if k != "fused"},
+                               "fused": keras.layers.Activation("sigmoid", name="fused")(logit)})
+    assert sharpness_of(old) == 1.0
+    plain.layers[5].trainable = False
+    rebuilt = with_sharpness(old, 3.0)
+    assert sharpness_of(rebuilt) == 3.0 and rebuilt is not old
+    x = np.random.default_rng(1).normal(size=(1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(rebuilt(x, training=True)["fused"],
+                               old(x, training=True)["fused"], atol=1e-6)
+    assert [layer.trainable for layer in rebuilt.layers] == [layer.trainable for layer in old.layers]

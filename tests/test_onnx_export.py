@@ -58,3 +58,21 @@ def test_fixed_size_export_upsamples_by_constant_scales(u2netp_onnx):
     fused = session.run(["fused"], {"input.1": x.transpose(0, 3, 1, 2)})[0]
     np.testing.assert_allclose(fused.transpose(0, 2, 3, 1), model.predict_on_batch(x)["fused"],
                                atol=1e-4)
+
+
+def test_sharpness_is_folded_into_the_exported_graph(u2netp_onnx):
+    """The export keeps the official graph (Conv ... Sigmoid) with the sharpness in outconv's
+    weights: onnxruntime gives the sharpened alpha, and the import reads it back exactly."""
+    from model.onnx_export import to_onnx
+    from model.train import with_sharpness
+
+    model = with_sharpness(import_onnx(u2netp_onnx, batch_norm=False), 1.5)
+    graph = to_onnx(model, input_size=320)
+    assert "Mul" not in [node.op_type for node in graph.graph.node]
+    session = onnxruntime.InferenceSession(graph.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).normal(size=(1, 320, 320, 3)).astype("float32")
+    fused = session.run(["fused"], {"input.1": x.transpose(0, 3, 1, 2)})[0].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(fused, model(x, training=False)["fused"], atol=1e-4)
+    plain = import_onnx(u2netp_onnx, batch_norm=False)(x, training=False)["fused"]
+    assert np.abs(fused - np.asarray(plain)).max() > 1e-2

@@ -129,6 +129,21 @@ def test_a_run_folder_written_before_a_config_field_existed_still_resumes(refere
               epoch_data=synthetic_epochs())
 
 
+def test_output_sharpness_is_saved_with_the_model_and_never_trained(reference, tmp_path):
+    """The preset's sharpness reaches model.keras, and training is the same with or without
+    it (the loss sees the plain sigmoid); a resume may change it."""
+    from model.blocks import sharpness_of
+    from model.export import load_keras
+
+    sharp = train(from_dict({**CONFIG.to_dict(), "output_sharpness": 2.0}), tmp_path / "sharp",
+                  epoch_data=synthetic_epochs())
+    assert sharpness_of(load_keras(sharp.model_path)) == 2.0
+    for expected, actual in zip(weights_of(reference.model), weights_of(sharp.model),
+                                strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    assert sharpness_of(load_keras(reference.model_path)) == 1.0
+
+
 def test_resuming_on_other_data_is_refused(reference):
     """A run folder belongs to one dataset: new labels are a new run, never a resume."""
     record = json.loads((reference.run_dir / "data.json").read_text())
