@@ -80,15 +80,25 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def compare(name: str, commands: dict[str, callable], repeats: int, env: dict,
-            warmup: bool = True) -> dict[str, list[dict]]:
-    """Each command ``repeats`` times, alternating, after one untimed warm-up each."""
+            warmup: bool = True, scratch: Path | None = None) -> dict[str, list[dict]]:
+    """Each command ``repeats`` times, alternating, after one untimed warm-up each; with
+    ``scratch``, the bytes each run wrote under ``scratch/<tag>`` (its output folder)."""
     runs = {side: [] for side in commands}
     for round_ in range(-1 if warmup else 0, repeats):
         for side, argv_for in commands.items():
-            result = run_child(argv_for(f"{name}-{side}-{round_}"), env)
+            tag = f"{name}-{side}-{round_}"
+            result = run_child(argv_for(tag), env)
+            if scratch is not None and (scratch / tag).is_dir():
+                result["bytes"] = sum(path.stat().st_size for path in (scratch / tag).rglob("*")
+                                      if path.is_file() and not _is_record(path, scratch / tag))
             if round_ >= 0:
                 runs[side].append(result)
     return runs
+
+
+def _is_record(path: Path, root: Path) -> bool:
+    """Our state and run records beside the outputs (not cut-outs)."""
+    return path.relative_to(root).parts[0] in ("_state", "_runs")
 
 
 def main() -> None:
@@ -145,7 +155,7 @@ def main() -> None:
                     commands[side] = lambda tag, verb=verb, folder_=folder_: [
                         matte, verb, str(folder_), str(scratch / tag), "--model", "lite",
                         "--weights", str(home / "u2netp.onnx")]
-            runs = compare(name, commands, args.repeats, env)
+            runs = compare(name, commands, args.repeats, env, scratch=scratch)
             rows.append((name, len(photos), runs))
             print_set(name, len(photos), runs)
         print_summary(start_runs, rows)
@@ -154,8 +164,10 @@ def main() -> None:
 def print_set(name: str, count: int, runs: dict[str, list[dict]]) -> None:
     for side, results in runs.items():
         walls = " ".join(f"{run['wall']:.1f}" for run in results)
+        written = (f", {median(results, 'bytes') / 2**20:.1f} MiB written"
+                   if all("bytes" in run for run in results) else "")
         print(f"  {name:10} {side:6} wall {walls} s; median cpu {median(results, 'cpu'):.1f} s, "
-              f"rss {median(results, 'rss'):.0f} MiB ({count} photos)")
+              f"rss {median(results, 'rss'):.0f} MiB ({count} photos){written}")
 
 
 def print_summary(start_runs: dict, rows: list) -> None:

@@ -29,7 +29,10 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS: int = 50_000_000
-PNG_COMPRESS_LEVEL = 6
+# zlib level of every PNG written: 3, where Pillow and rembg use 6. Measured in one session
+# (benchmarks/RESULTS.md): `matte p` wall against rembg 0.62 vs 0.76 on large photos and
+# 0.78 vs 0.81 on ~500 px portraits, for files 4-7 % larger than at level 6.
+PNG_COMPRESS_LEVEL = 3
 
 # Pillow's plugins report malformed input through many exception types; all mean "corrupt".
 _CORRUPT_ERRORS = (

@@ -91,9 +91,14 @@ def _resize_like(graph: _Graph, name: str, source: str, reference: str) -> str:
                       coordinate_transformation_mode="half_pixel")
 
 
-def to_onnx(model: keras.Model, input_size: int | None = None) -> onnx.ModelProto:
+def to_onnx(model: keras.Model, input_size: int | None = None,
+            fused_only: bool = False) -> onnx.ModelProto:
     """The ONNX graph of ``model`` (inference form); input ``input.1`` NCHW float32, of any
-    size, or ``input_size``² (a multiple of 32) with static upsampling scales."""
+    size, or ``input_size``² (a multiple of 32) with static upsampling scales.
+
+    ``fused_only``: the ``fused`` output alone, without the nodes only the side outputs need
+    (their six sigmoids): onnxruntime runs every node of a graph whatever outputs are asked
+    for, so this is ~3 % less CPU per image for the engine, which reads ``fused`` alone."""
     model = fold_batch_norm(model)
     if input_size is not None:
         static = build_u2net(variant_of_model(model), (input_size, input_size, 3),
@@ -130,10 +135,14 @@ def to_onnx(model: keras.Model, input_size: int | None = None) -> onnx.ModelProt
     size = [input_size] * 2 if input_size is not None else ["H", "W"]
     output_layers = {key: tensor._keras_history.operation.name
                      for key, tensor in model.output.items()}
+    if fused_only:
+        output_layers = {"fused": output_layers["fused"]}
     outputs = []
     for key, layer_name in output_layers.items():
         graph.node("Identity", [_tensor(layer_name)], key)
         outputs.append(helper.make_tensor_value_info(key, TensorProto.FLOAT, ["N", 1, *size]))
+    if fused_only:
+        graph.nodes = _needed_for(graph.nodes, set(output_layers))
     image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, *size])
     onnx_graph = helper.make_graph(graph.nodes, model.name, [image], outputs,
                                    initializer=graph.initializers)
@@ -141,6 +150,16 @@ def to_onnx(model: keras.Model, input_size: int | None = None) -> onnx.ModelProt
                                  producer_name="u2net-matting")
     onnx.checker.check_model(exported)
     return exported
+
+
+def _needed_for(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """The nodes that ``outputs`` depend on, in their order."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    return kept[::-1]
 
 
 def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:

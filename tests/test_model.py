@@ -159,4 +159,5 @@ def test_a_model_saved_before_sharpness_existed_is_rebuilt_around_its_weights():
     x = np.random.default_rng(1).normal(size=(1, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(rebuilt(x, training=True)["fused"],
                                old(x, training=True)["fused"], atol=1e-6)
-    assert [layer.trainable for layer in rebuilt.layers] == [layer.trainable for layer in old.layers]
+    assert [layer.trainable for layer in rebuilt.layers] == \
+        [layer.trainable for layer in old.layers]

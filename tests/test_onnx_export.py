@@ -76,3 +76,20 @@ def test_sharpness_is_folded_into_the_exported_graph(u2netp_onnx):
     np.testing.assert_allclose(fused, model(x, training=False)["fused"], atol=1e-4)
     plain = import_onnx(u2netp_onnx, batch_norm=False)(x, training=False)["fused"]
     assert np.abs(fused - np.asarray(plain)).max() > 1e-2
+
+
+def test_the_engine_export_has_the_fused_output_alone(u2netp_onnx):
+    """The side maps' sigmoids are not in the engine's graph; ``fused`` is the same."""
+    from model.onnx_export import to_onnx
+
+    model = import_onnx(u2netp_onnx, batch_norm=False)
+    full, lean = to_onnx(model, input_size=320), to_onnx(model, input_size=320, fused_only=True)
+    assert [output.name for output in lean.graph.output] == ["fused"]
+    assert len(full.graph.output) == 7
+    assert [n.op_type for n in full.graph.node].count("Sigmoid") == 7
+    assert [n.op_type for n in lean.graph.node].count("Sigmoid") == 1
+    x = np.random.default_rng(4).normal(size=(1, 3, 320, 320)).astype("float32")
+    runs = [onnxruntime.InferenceSession(graph.SerializeToString(),
+                                         providers=["CPUExecutionProvider"]).run(
+        ["fused"], {"input.1": x})[0] for graph in (full, lean)]
+    np.testing.assert_array_equal(runs[0], runs[1])
