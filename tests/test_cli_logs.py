@@ -49,7 +49,12 @@ def test_library_logs_are_quiet_by_default_and_back_with_verbose(official_testda
     assert noisy == [], quiet[-3000:]
 
     verbose = run_bucket(matte, photo, u2netp_onnx, tmp_path, verbose=True)
-    # TensorFlow's INFO records (oneDNN, cpu_feature_guard) and Beam's warning are back.
-    assert any(NOISE.match(line) for line in verbose.splitlines()), verbose[-3000:]
-    assert "oneDNN custom operations are on" in verbose
+    # TensorFlow's INFO records and Beam's warning are back. Which records depends on the
+    # machine: oneDNN's notice only where TF turns oneDNN on (Intel CPUs, not this AMD EPYC),
+    # cudart_stub's only where the GPU-capable build finds no driver; cpu_feature_guard's
+    # wherever the CPU has instructions the wheel was not built for. Any one will do.
+    records = [line for line in verbose.splitlines() if NOISE.match(line)]
+    assert any(name in line for line in records
+               for name in ("cpu_feature_guard", "cudart_stub", "onednn", "port.cc")), \
+        verbose[-3000:]
     assert BEAM_NOISE in verbose
