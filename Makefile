@@ -46,7 +46,7 @@ server: $(STAMP)
 	$(BIN)/python -m flows.local_stack up --port 4200 --shared "$(SHARED)"
 
 test: lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 lint: $(STAMP)
 	$(BIN)/ruff check storage model operations pipelines flows cli tests benchmarks

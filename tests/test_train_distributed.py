@@ -10,11 +10,13 @@ replica. What must hold:
 * the per-step losses, and the weights after each step, match the one-replica reference within
   float tolerance (the replicas' gradients are summed in another order; Adam's first steps
   move every weight by about the learning rate, so the weights are compared with an absolute
-  tolerance of a tenth of it);
+  tolerance of a tenth of it, except a few: where a gradient is within float noise of zero,
+  Adam's lr·g/(|g|+ε) can move the weight the other way, up to 2·lr apart);
 * a checkpoint written with two replicas resumes with one at its step and its global batch.
 
 The config fine-tunes the imported official U²-Net† (``init: official``), whose BatchNorm is
-frozen; measured here, both backends: losses within 2e-7 relative, weights within 3e-6. BN in
+frozen; measured here, both backends: losses within 2e-7 relative, weights within 3e-6 (once,
+on JAX on an AMD EPYC: all but 1 to 15 of 1.1 M weights, those up to 1.9e-4 apart). BN in
 training mode (``init: scratch``) is not compared: on TensorFlow, MirroredStrategy normalises
 each replica's 2 examples with their own statistics, the reference all 4 together (2e-3
 relative loss after one step); on JAX it differed by 8e-5, not analysed further (at 32² the
@@ -152,9 +154,22 @@ def run_worker(backend: str, jobs: dict[str, dict], root: Path) -> dict[str, dic
 def assert_same_training(two: dict, one: dict, step: int) -> None:
     """``two``'s step ``step`` (1-based, counted from its own first step) is ``one``'s."""
     index = step - (two["resumed_from"] or 0) - 1
-    np.testing.assert_allclose(two["losses"][index], one["losses"][step - 1], rtol=1e-5)
-    for got, expected in zip(two["weights"][index], one["weights"][step - 1], strict=True):
-        np.testing.assert_allclose(got, expected, rtol=0, atol=LEARNING_RATE / 10)
+    # Step 1 starts from the same weights: the same loss to float precision. A later step's
+    # loss follows the few weights Adam moved the other way (see below), whose gradient was
+    # ~0 on the first batch but need not be on the next: once 4e-5 relative on JAX. Another
+    # batch's loss differs by far more (the two steps' losses here are 4.4 and 6.9).
+    rtol = 1e-5 if step == 1 else 1e-3
+    np.testing.assert_allclose(two["losses"][index], one["losses"][step - 1], rtol=rtol)
+    got, expected = (np.concatenate([np.ravel(w) for w in weights]) for weights in
+                     (two["weights"][index], one["weights"][step - 1]))
+    assert got.shape == expected.shape
+    apart = np.abs(got - expected)
+    # Every weight within Adam's largest difference (a step of lr each way, per step), and all
+    # but 0.1 % within lr/10: gradients of ~1e-7 flip sign between the two sums (on JAX, an
+    # AMD EPYC: 1 to 15 of 1.1 M weights after step 1, 128 after step 2, up to 1.9e-4 apart).
+    # Another batch or other data moves most weights by ~lr.
+    assert apart.max() <= 2.02 * LEARNING_RATE * step, apart.max()
+    assert np.mean(apart > LEARNING_RATE / 10) <= 1e-3, np.sort(apart)[-10:]
 
 
 def check(results: dict[str, dict]) -> None:
