@@ -179,11 +179,18 @@ def _unwrapped_cancellation(error: BaseException) -> BaseException:
     return error
 
 
+# The artifacts show this many lines of each kind; the counts come from the summary.
+SHOWN_LETTERS, SHOWN_ORPHANS = 1000, 20
+
+
 # Reading the run records is idempotent I/O.
 @task(retries=2, retry_delay_seconds=5, timeout_seconds=IO_TASK_TIMEOUT_S)
-def read_run(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict], list[dict]]:
-    """(summary, manifest lines, dead letters, orphaned outputs) from the run's shards."""
-    return run_records.read_all(output_uri, run_id)
+def read_run(output_uri: str, run_id: str,
+             thumbnails: int) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """(summary, the first matted photos, dead letters and orphaned outputs): what the
+    artifacts show, never the whole run (a bucket's manifest can hold millions of lines)."""
+    return run_records.heads(output_uri, run_id, matted=thumbnails, letters=SHOWN_LETTERS,
+                             orphans=SHOWN_ORPHANS)
 
 
 @task(timeout_seconds=IO_TASK_TIMEOUT_S)
@@ -199,14 +206,16 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
                               "model_version": summary["model_version"],
                               "output": params.output_uri}])
     if letters:
-        create_table_artifact(key=DEAD_LETTERS_KEY, table=letters[:1000],
-                              description=f"{len(letters)} photos not matted, with reasons")
+        create_table_artifact(key=DEAD_LETTERS_KEY, table=letters,
+                              description=f"{counts['failed']} photos not matted, with reasons"
+                              + (f" (the first {len(letters)})"
+                                 if counts["failed"] > len(letters) else ""))
     lines = [f"# Matting run `{summary['run_id']}`", "",
              f"{counts['ok']} matted, {counts['skipped']} already done, {counts['failed']} "
              f"dead letters, {summary['images_per_s']} images/s, model "
              f"`{summary['model_version']}`.", ""]
     source, out = open_store(params.input_uri), open_store(params.output_uri)
-    for record in [r for r in records if r["status"] == "ok"][:params.thumbnails]:
+    for record in records[:params.thumbnails]:
         try:
             png = before_after(source.read(record["key"]), out.read(record["output"]))
         except (*IO_ERRORS, ImageError) as error:  # e.g. deleted since the run
@@ -220,7 +229,8 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
     if orphans:
         verb = ("removed" if summary.get("orphans_pruned")
                 else "kept (the prune parameter removes them)")
-        lines += ["", f"{len(orphans)} outputs whose source is gone, {verb}:"]
+        lines += ["", f"{counts.get('orphaned', len(orphans))} outputs whose source is "
+                  f"gone, {verb}:"]
         lines += [f"- {markdown.code(line['key'])}: {markdown.escape(line['reason'])}"
                   for line in orphans[:20]]
     create_markdown_artifact(key=THUMBNAILS_KEY, markdown="\n".join(lines))
@@ -228,13 +238,14 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
 
 def check_systemic(summary: dict, letters: list[dict]) -> None:
     """Raise when the failures say the system, not the photos, is broken: nothing matted or
-    already done, and several photos all failing at the model or write stage."""
-    counts = summary["counts"]
-    if counts["ok"] == 0 and counts["skipped"] == 0 and len(letters) > 1 and all(
-        letter["stage"] in SYSTEMIC_STAGES for letter in letters
-    ):
+    already done, and several photos all failing at the model or write stage (the summary's
+    counts by stage; ``letters`` only names the first)."""
+    counts, stages = summary["counts"], summary["failed_by_stage"]
+    if counts["ok"] == 0 and counts["skipped"] == 0 and counts["failed"] > 1 and \
+            set(stages) <= SYSTEMIC_STAGES:
+        first = f"; first: {letters[0]['reason']}" if letters else ""
         raise RuntimeError(f"every photo failed at the model or write stage "
-                           f"({len(letters)}; first: {letters[0]['reason']})")
+                           f"({counts['failed']}{first})")
 
 
 def previous_listing(output_uri: str, run_id: str) -> tuple[str, int] | None:
@@ -303,14 +314,16 @@ def matting_flow(params: MattingParams) -> dict:
     variant, weights, fallback = resolve_model(params.model, params.registry_uri)
     previous = previous_listing(params.output_uri, run_id)
     run_pipeline(params, variant, weights, run_id)
-    summary, records, letters, orphans = read_run(params.output_uri, run_id)
+    summary, records, letters, orphans = read_run(params.output_uri, run_id,
+                                                  params.thumbnails)
     publish(params, summary, records, letters, orphans)
     check_systemic(summary, letters)
     red = night_verdict(params, summary, previous, fallback)
     if red:
         raise RuntimeError(red)
     if orphans:
-        get_run_logger().warning("%d outputs whose source is gone %s", len(orphans),
+        get_run_logger().warning("%d outputs whose source is gone %s",
+                                 summary["counts"].get("orphaned", len(orphans)),
                                  "were removed" if params.prune else "are kept (prune: true "
                                  "removes them)")
     return {"run_id": run_id, "counts": summary["counts"],

@@ -9,11 +9,15 @@ read back whole by whoever reports on the run (``matte bucket``, the nightly flo
     progress/                         per-bundle counts while the run goes; removed at its end
 
 A line's shard is a hash of its key, so a retried worker rewrites the same shard with the same
-lines, and no worker holds more than its shards' lines. Beam-free.
+lines, and no worker holds more than its shards' lines. summary.json names the shards its run
+wrote, and readers read those alone: a run id used again leaves the older run's other shards
+behind, never in this run's counts. A reporter that shows a few lines (``heads``) holds only
+those, whatever the size of the run. Beam-free.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import uuid
 import zlib
@@ -45,22 +49,47 @@ def write_shard(records: Store, kind: str, index: int, lines: Iterable[dict]) ->
     return name
 
 
-def read(records: Store, kind: str) -> Iterator[dict]:
-    """Every line of every shard of ``kind``, shard by shard."""
-    names = sorted(info.key for info in records.list()
-                   if info.key.startswith(kind + "-") and info.key.endswith(".jsonl"))
-    for name in names:
+def read(records: Store, kind: str, names: Iterable[str] | None = None) -> Iterator[dict]:
+    """Every line of ``kind``, shard by shard: of the shards ``names`` lists (a summary's
+    ``record_shards``), or of every shard of ``kind`` in the folder."""
+    if names is None:
+        names = [info.key for info in records.list()]
+    for name in sorted(name for name in names
+                       if name.startswith(kind + "-") and name.endswith(".jsonl")):
         for line in records.read(name).decode().splitlines():
             if line:
                 yield json.loads(line)
 
 
-def read_all(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict], list[dict]]:
-    """(summary, manifest lines, dead letters, orphans) of one finished run."""
-    records = folder(output_uri, run_id)
+def _summary(records: Store) -> tuple[dict, list[str] | None]:
     summary = json.loads(records.read("summary.json"))
-    return summary, *(sorted(read(records, kind), key=lambda line: line["key"])
+    return summary, summary.get("record_shards")  # absent in summaries of older versions
+
+
+def read_all(output_uri: str, run_id: str) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """(summary, manifest lines, dead letters, orphans) of one finished run, whole."""
+    records = folder(output_uri, run_id)
+    summary, names = _summary(records)
+    return summary, *(sorted(read(records, kind, names), key=lambda line: line["key"])
                       for kind in KINDS)
+
+
+def heads(output_uri: str, run_id: str, matted: int, letters: int,
+          orphans: int) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """(summary, the first ``matted`` lines of photos this run matted, the first ``letters``
+    dead letters, the first ``orphans`` orphans), first in key order. The shards are streamed,
+    so memory holds these lines alone, whatever the run's size; the counts are the summary's."""
+    records = folder(output_uri, run_id)
+    summary, names = _summary(records)
+
+    def first(count: int, lines: Iterable[dict]) -> list[dict]:
+        return heapq.nsmallest(count, lines, key=lambda line: line["key"])
+
+    return (summary,
+            first(matted, (line for line in read(records, "manifest", names)
+                           if line.get("status") == "ok")),
+            first(letters, read(records, "dead_letter", names)),
+            first(orphans, read(records, "orphans", names)))
 
 
 def add_progress(records: Store, done: int) -> None:

@@ -60,15 +60,24 @@ def test_run_publishes_artifacts_and_keeps_going_past_bad_photos(
 
 
 def test_systemic_errors_fail_the_run_and_bad_photos_do_not():
+    def summary(ok: int, skipped: int, **failed_by_stage: int) -> dict:
+        return {"counts": {"ok": ok, "skipped": skipped,
+                           "failed": sum(failed_by_stage.values())},
+                "failed_by_stage": failed_by_stage}
+
     letters = [{"key": f"{name}.jpg", "stage": "inference", "reason": "model crashed"}
                for name in "ab"]
-    with pytest.raises(RuntimeError, match="every photo failed at the model"):
-        check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 2}}, letters)
-    check_systemic({"counts": {"ok": 3, "skipped": 0, "failed": 2}}, letters)
-    check_systemic({"counts": {"ok": 0, "skipped": 5, "failed": 2}}, letters)  # quiet night
-    check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 1}}, letters[:1])  # one photo
+    with pytest.raises(RuntimeError, match=r"every photo failed at the model.*\(2; first: model"):
+        check_systemic(summary(0, 0, inference=2), letters)
+    # The verdict is the whole run's (the summary's counts), not the few letters shown.
+    with pytest.raises(RuntimeError, match=r"\(5000; first"):
+        check_systemic(summary(0, 0, inference=4000, write=1000), letters)
+    check_systemic(summary(0, 0, inference=4000, decode=1), letters)  # a bad photo among them
+    check_systemic(summary(3, 0, inference=2), letters)
+    check_systemic(summary(0, 5, inference=2), letters)  # quiet night
+    check_systemic(summary(0, 0, inference=1), letters[:1])  # one photo
     decode = [{"key": f"{name}.jpg", "stage": "decode", "reason": "empty file"} for name in "ab"]
-    check_systemic({"counts": {"ok": 0, "skipped": 0, "failed": 2}}, decode)
+    check_systemic(summary(0, 0, decode=2), decode)
 
 
 def test_unusable_model_fails_the_run(prefect_harness, tmp_path, official_testdata):
