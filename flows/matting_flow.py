@@ -215,7 +215,7 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
              f"dead letters, {summary['images_per_s']} images/s, model "
              f"`{summary['model_version']}`.", ""]
     source, out = open_store(params.input_uri), open_store(params.output_uri)
-    for record in records[:params.thumbnails]:
+    for record in records:  # read_run kept the first params.thumbnails
         try:
             png = before_after(source.read(record["key"]), out.read(record["output"]))
         except (*IO_ERRORS, ImageError) as error:  # e.g. deleted since the run
@@ -232,7 +232,7 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
         lines += ["", f"{counts.get('orphaned', len(orphans))} outputs whose source is "
                   f"gone, {verb}:"]
         lines += [f"- {markdown.code(line['key'])}: {markdown.escape(line['reason'])}"
-                  for line in orphans[:20]]
+                  for line in orphans]  # the first SHOWN_ORPHANS
     create_markdown_artifact(key=THUMBNAILS_KEY, markdown="\n".join(lines))
 
 

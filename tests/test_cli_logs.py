@@ -55,6 +55,6 @@ def test_library_logs_are_quiet_by_default_and_back_with_verbose(official_testda
     # wherever the CPU has instructions the wheel was not built for. Any one will do.
     records = [line for line in verbose.splitlines() if NOISE.match(line)]
     assert any(name in line for line in records
-               for name in ("cpu_feature_guard", "cudart_stub", "onednn", "port.cc")), \
+               for name in ("cpu_feature_guard", "cudart_stub", "oneDNN", "port.cc")), \
         verbose[-3000:]
     assert BEAM_NOISE in verbose
