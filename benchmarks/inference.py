@@ -5,9 +5,16 @@ same preprocessed 320² batch and returns the fused map; the timings alternate (
 ours, ...) and the ratio is ours / onnxruntime of the medians. Not a test: machines are noisy,
 so read the ratio, not the absolute numbers.
 
+Each timed call starts after a 0.1 s pause (``SETTLE_S``): onnxruntime's default session
+keeps its worker threads spinning for ~10-30 ms after a run returns, and a call timed right
+after it shares the cores with them (measured on a 2-core AMD EPYC: lite at batch 1 read
+0.87-0.94x back to back, 1.04-1.06x with the pause, onnxruntime's own speed unchanged). The
+pause lets each side start on idle cores, as a photo would in a separate process.
+
 * ours: ``Matter``'s network as ``matte`` runs it, the onnxruntime engine
-  (``model/onnx_engine.py``): our export of the BN-folded Keras model, one image per run, a
-  single image on a session with every core, a batch on single-threaded sessions side by side;
+  (``model/onnx_engine.py``): the engine's export of the BN-folded Keras model (fixed 320²,
+  ``fused`` only), one image per run, a single image on a session with every core, a batch on
+  single-threaded sessions side by side;
 * keras (``--keras``): the same Keras model on TensorFlow (the ``keras`` engine), for reference;
 * onnxruntime: ``InferenceSession`` with default options on the official ONNX file, image by
   image (the official export has a fixed batch of 1). The official u2net.onnx (176 MB) is not
@@ -27,11 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from model.onnx_engine import OnnxNetwork, cpu_count
+from model.onnx_engine import OnnxNetwork, cpu_count, engine_export
 from model.weights import OFFICIAL_WEIGHTS, weights_home
 
 # At 320², counted from the conv layers (multiply-add = 2); DESIGN.md §2 rounds them to 40 / 118.
 GFLOP_PER_IMAGE = {"lite": 39.5, "full": 117.2}
+# Pause before each timed call, longer than onnxruntime's spinning after a run (module doc).
+SETTLE_S = 0.1
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 
 
@@ -61,9 +70,10 @@ def sides(variant: str, scratch: Path, with_keras: bool) -> tuple[dict, str]:
     from model.onnx_export import export_onnx
 
     model, official = keras_model(variant)
-    ours_file = export_onnx(model, scratch / f"{variant}.onnx")
-    baseline_file = official or ours_file
-    network = OnnxNetwork(ours_file, cpu_count())
+    # The baseline without the official file: our export in the official file's shape
+    # (any size, every output).
+    baseline_file = official or export_onnx(model, scratch / f"{variant}.onnx")
+    network = OnnxNetwork(engine_export(model), cpu_count())
     session = onnxruntime.InferenceSession(str(baseline_file),
                                            providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -87,6 +97,7 @@ def alternate(runs: dict, batch: np.ndarray, repeats: int) -> dict[str, float]:
     samples = {side: [] for side in runs}
     for _ in range(repeats):
         for side, run in runs.items():
+            time.sleep(SETTLE_S)  # the previous side's spinning threads go idle
             start = time.perf_counter()
             run(batch)
             samples[side].append(time.perf_counter() - start)

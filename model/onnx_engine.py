@@ -37,7 +37,7 @@ from storage import write_atomic
 
 # Bump when model.onnx_export changes what it writes: cached exports of older revisions are
 # then ignored (and stay on disk under their old name).
-EXPORT_REVISION = 3  # 3: fused output only
+EXPORT_REVISION = 4  # 3: fused output only; 4: side convs as taps + one-hot conv
 FUSED = "fused"
 
 
@@ -63,14 +63,19 @@ def exported(version: str, build: Callable[[], object]) -> Path | bytes:
     path = cache_path(version)
     if path.is_file():
         return path
-    from model.onnx_export import to_onnx  # TensorFlow: only when a version is new
-
-    data = to_onnx(build(), input_size=MODEL_SIZE, fused_only=True).SerializeToString()
+    data = engine_export(build())
     try:
         write_atomic(path, data)
     except OSError:
         return data
     return path
+
+
+def engine_export(model) -> bytes:
+    """The engine's ONNX file of a Keras model (fixed 320², ``fused`` only; module doc)."""
+    from model.onnx_export import to_onnx  # TensorFlow: only when a version is new
+
+    return to_onnx(model, input_size=MODEL_SIZE, fused_only=True).SerializeToString()
 
 
 def _session(model: Path | bytes, threads: int):
