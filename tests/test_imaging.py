@@ -266,13 +266,33 @@ def test_parse_color_rejects(text: str) -> None:
         imaging.parse_color(text)
 
 
-@pytest.mark.parametrize("shape", [(5, 6), (5, 6, 3), (5, 6, 4)])
+@pytest.mark.parametrize("shape", [(5, 6), (5, 6, 3), (5, 6, 4), (1, 1), (1, 7, 4), (9, 1, 3),
+                                   (700, 500, 4)])  # the last spans two of the deflated blocks
 def test_encode_png_is_deterministic_and_lossless(shape: tuple[int, ...]) -> None:
-    pixels = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    """Our own PNG writer (Up filter, zlib): Pillow and OpenCV (libpng) decode it exactly,
+    Pillow's verify checks every chunk's CRC."""
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    pixels[: shape[0] // 2] //= 16  # smoother rows too, which the filter turns into runs
     data = imaging.encode_png(pixels)
     assert data == imaging.encode_png(pixels.copy())
     with Image.open(io.BytesIO(data)) as im:
+        im.verify()
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == {1: "L", 3: "RGB", 4: "RGBA"}[1 if pixels.ndim == 2 else shape[2]]
         assert_equal(np.asarray(im), pixels)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels.ndim == 3:
+        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA if shape[2] == 4
+                               else cv2.COLOR_BGR2RGB)
+    assert_equal(decoded.reshape(shape), pixels)
+
+
+def test_encode_png_takes_a_view_of_another_array() -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    view = pixels[::2, 5:25, :]
+    with Image.open(io.BytesIO(imaging.encode_png(view))) as im:
+        assert_equal(np.asarray(im), view)
 
 
 def test_encode_jpeg_and_encoders_reject_wrong_arrays() -> None:
