@@ -12,7 +12,9 @@ new model version imports TensorFlow to make it.
 The export is fixed at 320² (``to_onnx(..., input_size=MODEL_SIZE, fused_only=True)``):
 onnxruntime then keeps the decoder's upsampling in its blocked layout, ~7 % less CPU per
 image, and without the side outputs' nodes, which it would run even when only ``fused`` is
-asked for, ~3 % less again.
+asked for, ~3 % less again; each side conv to one channel is written as a conv to its nine
+taps and a one-hot conv (onnxruntime computes output channels in blocks of 8), ~5 % less
+again on the 2-core AMD EPYC (``model.onnx_export._single_channel_conv``).
 
 Threads (measured on the 2-core development CPU, ``benchmarks/RESULTS.md``): one image runs
 on a session with all cores; a batch runs image by image on single-threaded sessions, one per
