@@ -24,7 +24,6 @@ import struct
 import warnings
 import zlib
 
-import cv2
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
@@ -253,6 +252,8 @@ def _is_deep_colour_png(data: bytes, im: Image.Image) -> bool:
 
 
 def _decode_deep_png(data: bytes, im: Image.Image, source: str) -> Image.Image:
+    import cv2  # ~0.1 s of import, for 16-bit colour PNGs only
+
     samples = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if samples is None or samples.dtype != np.uint16 or samples.ndim != 3:
         raise ImageError(source, "truncated or corrupt image data (OpenCV rejected the PNG)")

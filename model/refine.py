@@ -15,7 +15,8 @@ solves the unknown part from the photo's colours. A trimap without sure foregrou
 background leaves nothing to solve from: the model's alpha is kept, as rembg falls back to its
 plain cut-out. Its cost and its effect on accuracy are measured in README ("Quality").
 
-pymatting (and numba behind it) is imported when first used: plain cut-outs never load it.
+pymatting (and numba behind it) and scipy are imported when first used: plain cut-outs never
+load them.
 It prints its preconditioner retries to stdout; ``matte i ... -`` keeps them off the image.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from model.imaging import alpha_to_uint8
 
@@ -75,6 +75,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def trimap(alpha: np.ndarray, settings: AlphaMatting) -> np.ndarray:
     """HxW uint8 of 0 (sure background), 128 (unknown), 255 (sure foreground), as rembg's."""
+    from scipy import ndimage  # ~0.2 s of import that plain cut-outs never need
+
     alpha8 = alpha_to_uint8(alpha)
     structure = (np.ones((settings.erode_size, settings.erode_size), dtype=bool)
                  if settings.erode_size > 0 else None)
