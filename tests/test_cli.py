@@ -249,3 +249,20 @@ def test_an_output_whose_source_was_deleted_is_reported_and_pruned(tmp_path, off
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
         ["_state/girl.png.json", "girl.png"]
     assert main(args) == 0 and "orphaned" not in capsys.readouterr().out
+
+
+def test_a_folder_run_loads_no_library_it_does_not_use(photos, u2netp_onnx, tmp_path):
+    """Start-up is part of every run's cost: once the model version is exported, ``matte p``
+    of plain cut-outs never imports TensorFlow, scipy (alpha matting) or OpenCV (16-bit
+    PNGs), ~0.3 s of CPU each run. (Exit 1: the folder has three bad files.)"""
+    assert main(["p", str(photos), str(tmp_path / "first"), "--weights", str(u2netp_onnx)]) == 1
+    code = ("import sys; from cli.main import main; "
+            f"code = main(['p', {str(photos)!r}, {str(tmp_path / 'second')!r}, "
+            f"'--weights', {str(u2netp_onnx)!r}]); "
+            "print(code, sorted(m for m in ('tensorflow', 'keras', 'scipy', 'cv2') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "1 []"
+    assert len(list((tmp_path / "second").rglob("*.png"))) == 3
