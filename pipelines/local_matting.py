@@ -4,7 +4,8 @@ A folder run was one thread doing read, decode, inference, render and PNG encode
 on a 2-core CPU the encoder alone took longer than the model. Here readers decode the next
 photos and writers render and write the previous ones while the model runs: Pillow's decoders
 and resizes, zlib (our PNG encoder, ``model.imaging.encode_png``) and onnxruntime all release
-the GIL, so the stages share the cores. The model is loaded on its own thread while the first photos decode.
+the GIL, so the stages share the cores. The model is loaded on its own thread while the
+first photos decode.
 
 Memory is bounded by pixels, not photo counts: a batch holds photos up to ``BATCH_PIXELS``
 (at least one, at most ``batch_size``), decoding stops while decoded photos waiting for the
