@@ -53,16 +53,21 @@ class _Graph:
         return output
 
 
-def _conv(graph: _Graph, layer: keras.layers.Conv2D, source: str, scale: float = 1.0) -> str:
-    kernel, bias = (weight * np.float32(scale) for weight in layer.get_weights())
+def _geometry(layer: keras.layers.Conv2D) -> dict:
+    """The ONNX Conv attributes of a Keras conv: its kernel and dilation, "same" padding."""
     dilation = layer.dilation_rate[0]
     pad = dilation * (layer.kernel_size[0] - 1) // 2  # "same" for odd kernels
+    return {"kernel_shape": list(layer.kernel_size), "dilations": [dilation] * 2,
+            "pads": [pad] * 4, "strides": [1, 1]}
+
+
+def _conv(graph: _Graph, layer: keras.layers.Conv2D, source: str, scale: float = 1.0) -> str:
+    kernel, bias = (weight * np.float32(scale) for weight in layer.get_weights())
     weight = graph.constant(f"{layer.name}.weight", np.transpose(kernel, (3, 2, 0, 1)))
     bias_name = graph.constant(f"{layer.name}.bias", bias)
     relu = layer.activation is keras.activations.relu
     out = graph.node("Conv", [source, weight, bias_name], f"{layer.name}.conv" if relu
-                     else _tensor(layer.name), kernel_shape=list(layer.kernel_size),
-                     dilations=[dilation] * 2, pads=[pad] * 4, strides=[1, 1])
+                     else _tensor(layer.name), **_geometry(layer))
     return graph.node("Relu", [out], _tensor(layer.name)) if relu else out
 
 
@@ -82,16 +87,13 @@ def _single_channel_conv(graph: _Graph, layer: keras.layers.Conv2D, source: str)
     taps = size * size
     to_taps = kernel[..., 0].reshape(taps, channels)[:, :, None, None]  # tap = row·k + column
     one_hot = np.eye(taps, dtype=np.float32).reshape(1, taps, size, size)
-    dilation = layer.dilation_rate[0]
-    pad = dilation * (size - 1) // 2
     tapped = graph.node("Conv", [source, graph.constant(f"{layer.name}.taps.weight", to_taps),
                                  graph.constant(f"{layer.name}.taps.bias",
                                                 np.zeros(taps, np.float32))],
                         f"{layer.name}.taps", kernel_shape=[1, 1])
     return graph.node("Conv", [tapped, graph.constant(f"{layer.name}.weight", one_hot),
                                graph.constant(f"{layer.name}.bias", bias)],
-                      _tensor(layer.name), kernel_shape=[size, size], dilations=[dilation] * 2,
-                      pads=[pad] * 4, strides=[1, 1])
+                      _tensor(layer.name), **_geometry(layer))
 
 
 def _resize_by_scales(graph: _Graph, layer: ResizeLike, source: str) -> str:
