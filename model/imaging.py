@@ -45,7 +45,7 @@ _CORRUPT_ERRORS = (
     struct.error, zlib.error, ZeroDivisionError,
 )  # fmt: skip
 _SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (_PNG_SIGNATURE, "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
     (b"GIF8", "GIF"),
     (b"II*\x00", "TIFF"),
