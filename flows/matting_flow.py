@@ -200,7 +200,7 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
     create_table_artifact(key=SUMMARY_KEY, description=f"matting run {summary['run_id']}",
                           table=[{
                               "ok": counts["ok"], "skipped": counts["skipped"],
-                              "failed": counts["failed"], "orphaned": counts.get("orphaned", 0),
+                              "failed": counts["failed"], "orphaned": counts["orphaned"],
                               "images_per_s": summary["images_per_s"],
                               "wall_s": summary["wall_s"],
                               "model_version": summary["model_version"],
@@ -229,7 +229,7 @@ def publish(params: MattingParams, summary: dict, records: list[dict],
     if orphans:
         verb = ("removed" if summary.get("orphans_pruned")
                 else "kept (the prune parameter removes them)")
-        lines += ["", f"{counts.get('orphaned', len(orphans))} outputs whose source is "
+        lines += ["", f"{counts['orphaned']} outputs whose source is "
                   f"gone, {verb}:"]
         lines += [f"- {markdown.code(line['key'])}: {markdown.escape(line['reason'])}"
                   for line in orphans]  # the first SHOWN_ORPHANS
@@ -323,7 +323,7 @@ def matting_flow(params: MattingParams) -> dict:
         raise RuntimeError(red)
     if orphans:
         get_run_logger().warning("%d outputs whose source is gone %s",
-                                 summary["counts"].get("orphaned", len(orphans)),
+                                 summary["counts"]["orphaned"],
                                  "were removed" if params.prune else "are kept (prune: true "
                                  "removes them)")
     return {"run_id": run_id, "counts": summary["counts"],
